@@ -1,0 +1,4 @@
+//! ongi core: everything between HTTP and the tensors.
+
+pub mod preprocess;
+pub mod tokenize;
