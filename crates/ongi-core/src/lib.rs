@@ -1,4 +1,6 @@
 //! ongi core: everything between HTTP and the tensors.
 
+pub mod features;
 pub mod preprocess;
+pub mod store;
 pub mod tokenize;
