@@ -2,5 +2,6 @@
 
 pub mod features;
 pub mod preprocess;
+pub mod source;
 pub mod store;
 pub mod tokenize;
