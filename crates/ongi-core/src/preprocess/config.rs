@@ -1,0 +1,496 @@
+//! `preprocessor_config.json`: the CLIP image processor settings of a model directory.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::PreprocessError;
+
+/// File name of the image processor settings inside a Hugging Face model directory.
+pub const PREPROCESSOR_CONFIG_FILE: &str = "preprocessor_config.json";
+
+/// Largest size (pixels) accepted for `shortest_edge` and the crop: far above any
+/// CLIP variant, low enough that a typo cannot make us allocate gigabytes per image.
+const MAX_EDGE: u64 = 8192;
+
+/// OpenAI CLIP's normalisation mean (transformers' `OPENAI_CLIP_MEAN`).
+pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// OpenAI CLIP's normalisation standard deviation (transformers' `OPENAI_CLIP_STD`).
+// Written with transformers' decimals so they can be compared by eye; they round to
+// the same f32 as the shorter forms clippy suggests.
+#[allow(clippy::excessive_precision)]
+pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// Resampling filter, numbered as PIL numbers them (`PIL.Image.Resampling`).
+///
+/// Nearest (0) is absent: Pillow implements it as an affine transform rather than
+/// a convolution, and no CLIP checkpoint uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    /// PIL code 1: Lanczos (truncated sinc, support 3).
+    Lanczos,
+    /// PIL code 2: bilinear (triangle, support 1).
+    Bilinear,
+    /// PIL code 3: bicubic (Keys, a = -0.5, support 2); CLIP's filter.
+    Bicubic,
+    /// PIL code 4: box (area average, support 0.5).
+    Box,
+    /// PIL code 5: Hamming-windowed sinc (support 1).
+    Hamming,
+}
+
+impl Resample {
+    /// The filter for a PIL resampling code, or `None` for codes not implemented here.
+    pub fn from_pil_code(code: u64) -> Option<Self> {
+        match code {
+            1 => Some(Self::Lanczos),
+            2 => Some(Self::Bilinear),
+            3 => Some(Self::Bicubic),
+            4 => Some(Self::Box),
+            5 => Some(Self::Hamming),
+            _ => None,
+        }
+    }
+
+    /// PIL's code for this filter (the value stored in `preprocessor_config.json`).
+    pub fn pil_code(self) -> u8 {
+        match self {
+            Self::Lanczos => 1,
+            Self::Bilinear => 2,
+            Self::Bicubic => 3,
+            Self::Box => 4,
+            Self::Hamming => 5,
+        }
+    }
+}
+
+/// Settings read from a model directory's preprocessor_config.json (defaults = CLIP ViT-B/32's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreprocessConfig {
+    /// Target length of the image's shorter side after resizing (`size.shortest_edge`).
+    pub shortest_edge: u32,
+    /// Height of the centre crop (`crop_size.height`).
+    pub crop_height: u32,
+    /// Width of the centre crop (`crop_size.width`).
+    pub crop_width: u32,
+    /// Whether to resize (`do_resize`).
+    pub do_resize: bool,
+    /// Whether to centre-crop (`do_center_crop`); without it the output has the
+    /// resized image's size, which differs per image.
+    pub do_center_crop: bool,
+    /// Whether to multiply the u8 values by `rescale_factor` (`do_rescale`).
+    pub do_rescale: bool,
+    /// Multiplier applied to u8 values (`rescale_factor`, 1/255 for CLIP).
+    pub rescale_factor: f32,
+    /// Whether to normalise with `image_mean` / `image_std` (`do_normalize`).
+    pub do_normalize: bool,
+    /// Per-channel (R, G, B) mean subtracted after rescaling.
+    pub image_mean: [f32; 3],
+    /// Per-channel (R, G, B) standard deviation divided by after subtracting the mean.
+    pub image_std: [f32; 3],
+    /// Resampling filter of the resize (`resample`, PIL code).
+    pub resample: Resample,
+}
+
+impl Default for PreprocessConfig {
+    /// The values of `openai/clip-vit-base-patch32`'s preprocessor_config.json.
+    fn default() -> Self {
+        Self {
+            shortest_edge: 224,
+            crop_height: 224,
+            crop_width: 224,
+            do_resize: true,
+            do_center_crop: true,
+            do_rescale: true,
+            rescale_factor: (1.0f64 / 255.0) as f32,
+            do_normalize: true,
+            image_mean: OPENAI_CLIP_MEAN,
+            image_std: OPENAI_CLIP_STD,
+            resample: Resample::Bicubic,
+        }
+    }
+}
+
+impl PreprocessConfig {
+    /// Reads a `preprocessor_config.json`. Missing keys keep their CLIP defaults;
+    /// keys that do not change the computation are ignored; values this
+    /// implementation cannot honour are errors naming the file and the field.
+    pub fn from_file(path: &Path) -> Result<Self, PreprocessError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PreprocessError::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// Reads `dir/preprocessor_config.json` if it exists, else returns the defaults.
+    pub fn from_model_dir(dir: &Path) -> Result<Self, PreprocessError> {
+        let path = dir.join(PREPROCESSOR_CONFIG_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_json_str(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(
+                    dir = %dir.display(),
+                    "no {PREPROCESSOR_CONFIG_FILE}; using CLIP defaults"
+                );
+                Ok(Self::default())
+            }
+            Err(source) => Err(PreprocessError::ConfigRead { path, source }),
+        }
+    }
+
+    /// Parses the JSON text of a `preprocessor_config.json`; `path` only names the
+    /// source in error messages.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self, PreprocessError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|source| PreprocessError::ConfigJson {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let Value::Object(obj) = value else {
+            return Err(field_error(path, "(top level)", "expected a JSON object"));
+        };
+        Parser { path, obj: &obj }.parse()
+    }
+
+    /// Length of the output of [`super::preprocess`] when `do_center_crop` is set.
+    pub fn output_len(&self) -> usize {
+        3 * self.crop_height as usize * self.crop_width as usize
+    }
+}
+
+fn field_error(path: &Path, field: &str, reason: impl Into<String>) -> PreprocessError {
+    PreprocessError::ConfigField {
+        path: path.to_path_buf(),
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Field-by-field reader that knows which file it reads, for error messages.
+struct Parser<'a> {
+    path: &'a Path,
+    obj: &'a Map<String, Value>,
+}
+
+impl<'a> Parser<'a> {
+    fn err(&self, field: &str, reason: impl Into<String>) -> PreprocessError {
+        field_error(self.path, field, reason)
+    }
+
+    /// The value of `key`, treating JSON `null` like an absent key (transformers
+    /// then falls back to the class default, as we do).
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    fn bool(&self, key: &str, default: bool) -> Result<bool, PreprocessError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(self.err(key, format!("expected true or false, got {other}"))),
+        }
+    }
+
+    fn f64(&self, key: &str, v: &Value) -> Result<f64, PreprocessError> {
+        v.as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| self.err(key, format!("expected a number, got {v}")))
+    }
+
+    /// A size in pixels: a positive integer (JSON `224` or `224.0`), at most MAX_EDGE.
+    fn edge(&self, field: &str, v: &Value) -> Result<u32, PreprocessError> {
+        let n = v
+            .as_u64()
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|x| x.fract() == 0.0 && *x >= 0.0)
+                    .map(|x| x as u64)
+            })
+            .ok_or_else(|| self.err(field, format!("expected a positive integer, got {v}")))?;
+        if n == 0 || n > MAX_EDGE {
+            return Err(self.err(field, format!("{n} is out of range 1..={MAX_EDGE}")));
+        }
+        Ok(n as u32)
+    }
+
+    /// Three per-channel values, or one number applied to all channels.
+    fn triple(&self, key: &str, default: [f32; 3]) -> Result<[f32; 3], PreprocessError> {
+        let Some(v) = self.get(key) else {
+            return Ok(default);
+        };
+        // Parse as f64 and narrow: that is what numpy does with the Python floats
+        // (`np.array(mean, dtype=float32)`), so the f32 values match exactly.
+        match v {
+            Value::Array(items) if items.len() == 3 => {
+                let mut out = [0f32; 3];
+                for (o, item) in out.iter_mut().zip(items) {
+                    *o = self.f64(key, item)? as f32;
+                }
+                Ok(out)
+            }
+            Value::Array(items) => Err(self.err(
+                key,
+                format!("expected 3 values (R, G, B), got {}", items.len()),
+            )),
+            Value::Number(_) => Ok([self.f64(key, v)? as f32; 3]),
+            other => Err(self.err(key, format!("expected a list of 3 numbers, got {other}"))),
+        }
+    }
+
+    fn shortest_edge(&self) -> Result<u32, PreprocessError> {
+        let Some(v) = self.get("size") else {
+            return Ok(224);
+        };
+        if self.get("default_to_square") == Some(&Value::Bool(true)) {
+            return Err(self.err(
+                "default_to_square",
+                "true (resize to a square) is not supported; CLIP resizes the shortest edge",
+            ));
+        }
+        match v {
+            Value::Number(_) => self.edge("size", v),
+            // Old configs store the shortest edge as a one-element list.
+            Value::Array(items) if items.len() == 1 => self.edge("size", &items[0]),
+            Value::Object(map) => {
+                if let Some(unknown) = map.keys().find(|k| k.as_str() != "shortest_edge") {
+                    return Err(self.err(
+                        &format!("size.{unknown}"),
+                        "only {\"shortest_edge\": N} is supported (resize the shorter side, keep the aspect ratio)",
+                    ));
+                }
+                match map.get("shortest_edge") {
+                    Some(se) => self.edge("size.shortest_edge", se),
+                    None => Err(self.err("size", "missing \"shortest_edge\"")),
+                }
+            }
+            other => Err(self.err(
+                "size",
+                format!("expected an integer or {{\"shortest_edge\": N}}, got {other}"),
+            )),
+        }
+    }
+
+    fn crop_size(&self) -> Result<(u32, u32), PreprocessError> {
+        let Some(v) = self.get("crop_size") else {
+            return Ok((224, 224));
+        };
+        match v {
+            Value::Number(_) => {
+                let n = self.edge("crop_size", v)?;
+                Ok((n, n))
+            }
+            Value::Object(map) => {
+                if let Some(unknown) = map
+                    .keys()
+                    .find(|k| !matches!(k.as_str(), "height" | "width"))
+                {
+                    return Err(self.err(
+                        &format!("crop_size.{unknown}"),
+                        "unknown key; expected {\"height\": H, \"width\": W}",
+                    ));
+                }
+                let h = map
+                    .get("height")
+                    .ok_or_else(|| self.err("crop_size", "missing \"height\""))?;
+                let w = map
+                    .get("width")
+                    .ok_or_else(|| self.err("crop_size", "missing \"width\""))?;
+                Ok((
+                    self.edge("crop_size.height", h)?,
+                    self.edge("crop_size.width", w)?,
+                ))
+            }
+            other => Err(self.err(
+                "crop_size",
+                format!("expected an integer or {{\"height\": H, \"width\": W}}, got {other}"),
+            )),
+        }
+    }
+
+    fn resample(&self) -> Result<Resample, PreprocessError> {
+        let Some(v) = self.get("resample") else {
+            return Ok(Resample::Bicubic);
+        };
+        let code = v
+            .as_u64()
+            .ok_or_else(|| self.err("resample", format!("expected a PIL filter code, got {v}")))?;
+        Resample::from_pil_code(code).ok_or_else(|| {
+            self.err(
+                "resample",
+                format!(
+                    "PIL filter {code} is not supported (supported: 1 lanczos, 2 bilinear, \
+                     3 bicubic, 4 box, 5 hamming)"
+                ),
+            )
+        })
+    }
+
+    fn parse(&self) -> Result<PreprocessConfig, PreprocessError> {
+        let defaults = PreprocessConfig::default();
+        let rescale_factor = match self.get("rescale_factor") {
+            None => defaults.rescale_factor,
+            Some(v) => self.f64("rescale_factor", v)? as f32,
+        };
+        let (crop_height, crop_width) = self.crop_size()?;
+        let image_std = self.triple("image_std", defaults.image_std)?;
+        if image_std.contains(&0.0) {
+            return Err(self.err("image_std", "must not contain 0"));
+        }
+        Ok(PreprocessConfig {
+            shortest_edge: self.shortest_edge()?,
+            crop_height,
+            crop_width,
+            do_resize: self.bool("do_resize", defaults.do_resize)?,
+            do_center_crop: self.bool("do_center_crop", defaults.do_center_crop)?,
+            do_rescale: self.bool("do_rescale", defaults.do_rescale)?,
+            rescale_factor,
+            do_normalize: self.bool("do_normalize", defaults.do_normalize)?,
+            image_mean: self.triple("image_mean", defaults.image_mean)?,
+            image_std,
+            resample: self.resample()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<PreprocessConfig, PreprocessError> {
+        PreprocessConfig::from_json_str(json, Path::new("/m/preprocessor_config.json"))
+    }
+
+    fn field_of(err: PreprocessError) -> String {
+        match err {
+            PreprocessError::ConfigField { field, .. } => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn openai_clip_vit_b32_config_is_the_default() {
+        // openai/clip-vit-base-patch32's file (old feature-extractor form).
+        let cfg = parse(
+            r#"{"crop_size": 224, "do_center_crop": true, "do_normalize": true,
+                "do_resize": true, "feature_extractor_type": "CLIPFeatureExtractor",
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+                "resample": 3, "size": 224}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg, PreprocessConfig::default());
+    }
+
+    #[test]
+    fn dict_forms_and_ignored_fields() {
+        let cfg = parse(
+            r#"{"size": {"shortest_edge": 336}, "crop_size": {"height": 320, "width": 300},
+                "do_convert_rgb": true, "image_processor_type": "CLIPImageProcessor",
+                "processor_class": "CLIPProcessor", "rescale_factor": 0.00392156862745098,
+                "resample": 2, "do_normalize": false, "image_mean": 0.5}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.shortest_edge, 336);
+        assert_eq!((cfg.crop_height, cfg.crop_width), (320, 300));
+        assert_eq!(cfg.resample, Resample::Bilinear);
+        assert!(!cfg.do_normalize);
+        assert_eq!(cfg.image_mean, [0.5; 3]);
+        assert_eq!(cfg.rescale_factor, (1.0f64 / 255.0) as f32);
+        assert_eq!(parse("{}").unwrap(), PreprocessConfig::default());
+        assert_eq!(parse(r#"{"size": [240]}"#).unwrap().shortest_edge, 240);
+        assert_eq!(parse(r#"{"crop_size": null}"#).unwrap().crop_width, 224);
+    }
+
+    #[test]
+    fn unsupported_values_are_named() {
+        assert_eq!(
+            field_of(parse(r#"{"resample": 0}"#).unwrap_err()),
+            "resample"
+        );
+        assert_eq!(
+            field_of(parse(r#"{"resample": "bicubic"}"#).unwrap_err()),
+            "resample"
+        );
+        assert_eq!(
+            field_of(parse(r#"{"size": {"height": 224, "width": 224}}"#).unwrap_err()),
+            "size.height"
+        );
+        assert_eq!(
+            field_of(
+                parse(r#"{"size": {"shortest_edge": 224, "longest_edge": 500}}"#).unwrap_err()
+            ),
+            "size.longest_edge"
+        );
+        assert_eq!(field_of(parse(r#"{"size": 0}"#).unwrap_err()), "size");
+        assert_eq!(field_of(parse(r#"{"size": 22.5}"#).unwrap_err()), "size");
+        assert_eq!(
+            field_of(parse(r#"{"crop_size": {"height": 224}}"#).unwrap_err()),
+            "crop_size"
+        );
+        assert_eq!(
+            field_of(parse(r#"{"image_std": [1, 0, 1]}"#).unwrap_err()),
+            "image_std"
+        );
+        assert_eq!(
+            field_of(parse(r#"{"image_mean": [1, 2]}"#).unwrap_err()),
+            "image_mean"
+        );
+        assert_eq!(
+            field_of(parse(r#"{"do_resize": "yes"}"#).unwrap_err()),
+            "do_resize"
+        );
+        assert_eq!(
+            field_of(parse(r#"{"size": 224, "default_to_square": true}"#).unwrap_err()),
+            "default_to_square"
+        );
+        assert_eq!(field_of(parse("[]").unwrap_err()), "(top level)");
+
+        let msg = parse(r#"{"resample": 0}"#).unwrap_err().to_string();
+        assert!(msg.contains("/m/preprocessor_config.json"), "{msg}");
+        assert!(
+            msg.contains("`resample`") && msg.contains("not supported"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn files_and_directories() {
+        let dir = std::env::temp_dir().join(format!("ongi-pp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // No file: defaults.
+        assert_eq!(
+            PreprocessConfig::from_model_dir(&dir).unwrap(),
+            PreprocessConfig::default()
+        );
+        let path = dir.join(PREPROCESSOR_CONFIG_FILE);
+        std::fs::write(&path, r#"{"size": {"shortest_edge": 64}, "crop_size": 64}"#).unwrap();
+        let cfg = PreprocessConfig::from_model_dir(&dir).unwrap();
+        assert_eq!(
+            (cfg.shortest_edge, cfg.crop_height, cfg.crop_width),
+            (64, 64, 64)
+        );
+        assert_eq!(cfg.output_len(), 3 * 64 * 64);
+
+        std::fs::write(&path, "{not json").unwrap();
+        let err = PreprocessConfig::from_file(&path).unwrap_err();
+        assert!(matches!(err, PreprocessError::ConfigJson { .. }), "{err:?}");
+        assert!(err.to_string().contains(PREPROCESSOR_CONFIG_FILE), "{err}");
+
+        let missing = dir.join("nope.json");
+        let err = PreprocessConfig::from_file(&missing).unwrap_err();
+        assert!(matches!(err, PreprocessError::ConfigRead { .. }), "{err:?}");
+        assert!(err.to_string().contains("nope.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resample_codes_round_trip() {
+        for code in 1..=5 {
+            let r = Resample::from_pil_code(code).unwrap();
+            assert_eq!(u64::from(r.pil_code()), code);
+        }
+        assert_eq!(Resample::from_pil_code(0), None);
+        assert_eq!(Resample::from_pil_code(6), None);
+    }
+}
