@@ -4,3 +4,9 @@
 
 pub mod clip;
 pub mod config;
+pub mod error;
+pub mod weights;
+
+pub use clip::{default_dtype, ClipModel};
+pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig, TextPooling};
+pub use error::ModelError;
