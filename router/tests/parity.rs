@@ -372,3 +372,45 @@ fn batched_and_single_images_agree() {
         assert!(cosine(&one[0], &all[i]) > 0.999_999, "{}", names[i]);
     }
 }
+
+#[test]
+fn half_precision_stays_close() {
+    // f16/bf16 are for accelerators (SPEC seed 004), but must work anywhere:
+    // same embeddings up to the precision of the format.
+    let fx = tiny("tiny-clip", "pixels.reference.safetensors");
+    let reference = read_reference(&fx.reference);
+    let labels: Vec<&str> = reference.images.iter().map(|i| i.0.as_str()).collect();
+    let pixels = Tensor::stack(&reference_pixels(&fx.pixels, &labels), 0).unwrap();
+    let texts: Vec<&str> = reference.texts.iter().map(|t| t.0.as_str()).collect();
+    let tokenizer = ClipTokenizer::from_model_dir(&fx.model_dir).unwrap();
+    let (ids, batch, seq) = tokenizer.encode_batch_padded(&texts).unwrap();
+    // Measured: f16 0.999999, bf16 0.99991 (8 mantissa bits).
+    for (dtype, bar) in [(DType::F16, 0.9999), (DType::BF16, 0.999)] {
+        let model = ClipModel::load(&fx.model_dir, &Device::Cpu, dtype).unwrap();
+        assert_eq!(model.dtype(), dtype);
+        let images = model.image_features(&pixels).unwrap();
+        assert_eq!(images.dtype(), DType::F32);
+        let texts_out = model.text_features_from_ids(&ids, batch, seq).unwrap();
+        for (group, got, want) in [
+            (
+                "images",
+                images,
+                reference.images.iter().map(|i| &i.1).collect::<Vec<_>>(),
+            ),
+            (
+                "texts",
+                texts_out,
+                reference.texts.iter().map(|t| &t.2).collect(),
+            ),
+        ] {
+            let got = got.to_vec2::<f32>().unwrap();
+            let min = got
+                .iter()
+                .zip(want)
+                .map(|(g, w)| cosine(g, w))
+                .fold(f64::INFINITY, f64::min);
+            println!("tiny-clip {dtype:?} {group}: min cosine {min:.6}");
+            assert!(min >= bar, "{dtype:?} {group}: {min}");
+        }
+    }
+}

@@ -28,7 +28,9 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// Where one tensor lives in the file.
 #[derive(Debug, Clone)]
 struct Entry {
-    dtype: DType,
+    /// `Err(name)` for a dtype we cannot load; only an error if the tensor is
+    /// asked for (old checkpoints carry int64 `position_ids` buffers).
+    dtype: Result<DType, String>,
     shape: Vec<usize>,
     /// Absolute byte offset of the data in the file.
     start: u64,
@@ -130,9 +132,14 @@ impl SafetensorsFile {
                 entry.shape, shape
             )));
         }
+        let dtype_in_file = entry.dtype.map_err(|name| {
+            tensor_err(format!(
+                "unsupported dtype {name} (supported: F32, F16, BF16, F64)"
+            ))
+        })?;
         let numel: usize = shape.iter().product();
         let read = |file: &mut File| -> std::io::Result<Tensor> {
-            let t = match entry.dtype {
+            let t = match dtype_in_file {
                 DType::F32 => {
                     tensor_from(read_vec::<f32>(file, entry.start, numel)?, shape, device)
                 }
@@ -149,7 +156,7 @@ impl SafetensorsFile {
                 DType::F64 => {
                     tensor_from(read_vec::<f64>(file, entry.start, numel)?, shape, device)
                 }
-                // parse_entry admits no other dtype.
+                // Only the dtypes matched above are ever Ok in an Entry.
                 other => {
                     return Err(std::io::Error::other(format!(
                         "unsupported dtype {other:?}"
@@ -172,15 +179,20 @@ fn parse_entry(info: &Value, data_start: u64, data_len: u64) -> Result<Entry, St
         .and_then(Value::as_str)
         .ok_or("header entry has no `dtype`")?;
     let dtype = match dtype_name {
-        "F32" => DType::F32,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "F64" => DType::F64,
-        other => {
-            return Err(format!(
-                "unsupported dtype {other} (supported: F32, F16, BF16, F64)"
-            ))
-        }
+        "F32" => Ok(DType::F32),
+        "F16" => Ok(DType::F16),
+        "BF16" => Ok(DType::BF16),
+        "F64" => Ok(DType::F64),
+        other => Err(other.to_string()),
+    };
+    // Every safetensors dtype's element size, to validate the byte ranges of
+    // tensors we do not load too; `None` for names this code does not know.
+    let elem_bytes: Option<u64> = match dtype_name {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => Some(1),
+        "I16" | "U16" | "F16" | "BF16" => Some(2),
+        "I32" | "U32" | "F32" => Some(4),
+        "I64" | "U64" | "F64" => Some(8),
+        _ => None,
     };
     let shape = info
         .get("shape")
@@ -204,17 +216,17 @@ fn parse_entry(info: &Value, data_start: u64, data_len: u64) -> Result<Entry, St
             "data_offsets [{begin}, {end}] lie outside the {data_len}-byte data section"
         ));
     }
-    let expected = shape
-        .iter()
-        .try_fold(dtype.size_in_bytes() as u64, |acc, &d| {
-            acc.checked_mul(d as u64)
-        })
-        .ok_or("shape overflows")?;
-    if end - begin != expected {
-        return Err(format!(
-            "holds {} bytes, but {dtype_name} {shape:?} needs {expected}",
-            end - begin
-        ));
+    if let Some(elem_bytes) = elem_bytes {
+        let expected = shape
+            .iter()
+            .try_fold(elem_bytes, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or("shape overflows")?;
+        if end - begin != expected {
+            return Err(format!(
+                "holds {} bytes, but {dtype_name} {shape:?} needs {expected}",
+                end - begin
+            ));
+        }
     }
     Ok(Entry {
         dtype,
@@ -283,7 +295,10 @@ mod tests {
         for v in [0.5f32, 4.0] {
             data.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
         }
-        let header = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"b":{"dtype":"F16","shape":[1,2],"data_offsets":[12,16]}}"#;
+        data.extend_from_slice(&7i64.to_le_bytes());
+        // An int64 buffer (like old checkpoints' position_ids) must not stop
+        // the file from opening; only loading it is an error.
+        let header = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"b":{"dtype":"F16","shape":[1,2],"data_offsets":[12,16]},"ids":{"dtype":"I64","shape":[1],"data_offsets":[16,24]}}"#;
         let path = write_file(&dir, header, &data);
         let mut f = SafetensorsFile::open(&path).unwrap();
         assert!(f.contains("a") && !f.contains("__metadata__"));
@@ -300,6 +315,11 @@ mod tests {
             e.contains("w.safetensors") && e.contains("`a`") && e.contains("[4]"),
             "{e}"
         );
+        let e = f
+            .load("ids", &[1], DType::F32, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`ids`") && e.contains("I64"), "{e}");
         let e = f
             .load("zz", &[1], DType::F32, &Device::Cpu)
             .unwrap_err()
