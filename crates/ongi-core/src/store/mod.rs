@@ -1,1 +1,169 @@
-//! Feature store.
+//! Feature store: where per-photo [`FeatureRecord`]s and small opaque blobs
+//! (e.g. cached prompt embeddings) live between requests.
+//!
+//! One trait, two backends, chosen by [`open_store`]'s spec string:
+//!
+//! - `redis://host:port/db` or `rediss://…` → [`RedisStore`], for several
+//!   servers sharing one cache;
+//! - anything else is a file path → [`RedbStore`], an embedded single-file
+//!   transactional store (the default).
+//!
+//! Every entry is keyed by an opaque *model identity* string plus the image
+//! key (or blob name), so a server running a different model never reads
+//! another model's vectors. With a TTL, entries written from then on expire
+//! that long after they were written; expired entries read as absent.
+
+mod embedded;
+mod redis_store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::features::FeatureRecord;
+
+pub use embedded::RedbStore;
+pub use redis_store::RedisStore;
+
+/// A feature store failure. Misses are not errors (they are `None`).
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The embedded store failed (I/O, corruption, lock held by another process).
+    #[error("embedded store {path}: {source}")]
+    Redb {
+        /// The database file.
+        path: String,
+        /// What redb reported.
+        #[source]
+        source: redb::Error,
+    },
+    /// Creating the embedded store's parent directory failed.
+    #[error("embedded store {path}: cannot create its directory: {source}")]
+    Io {
+        /// The database file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Redis command or connection failed.
+    #[error("redis {target}: {source}")]
+    Redis {
+        /// The server, as [`FeatureStore::describe`] shows it.
+        target: String,
+        /// What the Redis client reported.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A Redis call did not complete within its deadline (server down or hung).
+    #[error("redis {target}: {op} timed out after {after:?}")]
+    Timeout {
+        /// The server, as [`FeatureStore::describe`] shows it.
+        target: String,
+        /// The operation that timed out.
+        op: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
+    /// A blocking store task panicked or was cancelled.
+    #[error("embedded store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The store spec is unusable (e.g. empty).
+    #[error("invalid store spec {spec:?}: {reason}")]
+    InvalidSpec {
+        /// The spec as given.
+        spec: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+}
+
+/// The feature cache behind the server; `Arc<dyn FeatureStore>` is shared by
+/// every request.
+#[async_trait::async_trait]
+pub trait FeatureStore: Send + Sync {
+    /// Records for `keys` under `model` (None where absent or expired), in order.
+    ///
+    /// A stored value that no longer decodes (e.g. written by an incompatible
+    /// format version) is logged and reported as absent, so it is recomputed
+    /// and overwritten like any other miss.
+    async fn get_many(
+        &self,
+        model: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<FeatureRecord>>, StoreError>;
+
+    /// Stores records under `model`, replacing any existing ones.
+    async fn put_many(
+        &self,
+        model: &str,
+        records: &[(String, FeatureRecord)],
+    ) -> Result<(), StoreError>;
+
+    /// Opaque blobs (e.g. cached prompt embeddings) under a namespace.
+    async fn get_blob(&self, model: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores an opaque blob under `model`, replacing any existing one.
+    async fn put_blob(&self, model: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// Make everything written so far durable (called on shutdown).
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Short description for logs/health ("redb:/path", "redis://host:port/db").
+    fn describe(&self) -> String;
+}
+
+/// Opens the store named by `spec`: `redis://…` / `rediss://…` → Redis,
+/// anything else → an embedded redb file at that path (created if missing,
+/// parent directories included). `ttl` makes entries expire that long after
+/// they are written.
+///
+/// A Redis server that cannot be reached fails here, within a few seconds,
+/// rather than on the first request.
+pub async fn open_store(
+    spec: &str,
+    ttl: Option<Duration>,
+) -> Result<Arc<dyn FeatureStore>, StoreError> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Err(StoreError::InvalidSpec {
+            spec: spec.to_owned(),
+            reason: "empty",
+        });
+    }
+    if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+        Ok(Arc::new(RedisStore::connect(spec, ttl).await?))
+    } else {
+        Ok(Arc::new(RedbStore::open(spec, ttl).await?))
+    }
+}
+
+/// Absolute expiry as milliseconds since the Unix epoch, 0 meaning never;
+/// shared by backends that must implement TTLs themselves.
+fn expiry_millis(ttl: Option<Duration>) -> u64 {
+    match ttl {
+        None => 0,
+        Some(ttl) => {
+            now_millis().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Decodes a stored record, turning an undecodable one into a logged miss.
+fn decode_or_miss(model: &str, key: &str, bytes: &[u8]) -> Option<FeatureRecord> {
+    match FeatureRecord::decode(bytes) {
+        Ok(rec) => Some(rec),
+        Err(err) => {
+            tracing::warn!(model, key, error = %err, "undecodable feature record, treating as missing");
+            None
+        }
+    }
+}

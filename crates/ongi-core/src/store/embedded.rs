@@ -1,0 +1,246 @@
+//! Embedded backend: one redb file.
+//!
+//! Two tables, both keyed by `(model, name)` tuples so models never collide
+//! and keys need no escaping:
+//!
+//! - `features_v1`: image key → feature record;
+//! - `blobs_v1`: blob name → opaque bytes.
+//!
+//! Each value is an 8-byte little-endian expiry (Unix milliseconds, 0 =
+//! never) followed by the payload ([`FeatureRecord::encode`] for records).
+//! Expiry is lazy: an expired entry reads as absent but stays in the file
+//! until it is overwritten or [`RedbStore::purge_expired`] runs.
+//!
+//! Every `put_many` / `put_blob` is one write transaction committed with
+//! redb's default immediate durability, so a returned `Ok` survives a crash
+//! and `flush` has nothing left to do. redb calls block on file I/O, so they
+//! run under `spawn_blocking`, off the async workers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use super::{decode_or_miss, expiry_millis, now_millis, FeatureStore, StoreError};
+use crate::features::FeatureRecord;
+
+/// `(model, image key)` → expiry + encoded record.
+const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("features_v1");
+/// `(model, blob name)` → expiry + bytes.
+const BLOBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("blobs_v1");
+
+/// Length of the expiry prefix of every stored value.
+const EXPIRY_LEN: usize = 8;
+
+/// Feature store in a single redb file (see the module docs for the layout).
+pub struct RedbStore {
+    db: Arc<Database>,
+    path: PathBuf,
+    ttl: Option<Duration>,
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the database file at `path`; `ttl` makes
+    /// entries written through this handle expire that long after writing.
+    ///
+    /// Fails if another process (or another handle in this one) has the file
+    /// open: redb takes an exclusive lock.
+    pub async fn open(path: impl AsRef<Path>, ttl: Option<Duration>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let p = path.clone();
+        let db = tokio::task::spawn_blocking(move || open_blocking(&p)).await??;
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+            ttl,
+        })
+    }
+
+    /// Deletes every expired entry now, returning how many were removed.
+    /// Reads already ignore expired entries; this only reclaims space.
+    pub async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let db = self.db.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let now = now_millis();
+            let mut removed = 0u64;
+            let txn = db.begin_write().map_err(|e| redb_err(&path, e))?;
+            for table in [RECORDS, BLOBS] {
+                let mut t = txn.open_table(table).map_err(|e| redb_err(&path, e))?;
+                t.retain(|_, v| {
+                    let keep = !is_expired(v, now);
+                    removed += u64::from(!keep);
+                    keep
+                })
+                .map_err(|e| redb_err(&path, e))?;
+            }
+            txn.commit().map_err(|e| redb_err(&path, e))?;
+            Ok(removed)
+        })
+        .await?
+    }
+
+    /// Runs a blocking closure against the database on the blocking pool.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database, &Path) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || f(&db, &path)).await?
+    }
+
+    /// Writes `(key, payload)` pairs to `table` under `model` in one transaction.
+    async fn put_raw(
+        &self,
+        table: TableDefinition<'static, (&'static str, &'static str), &'static [u8]>,
+        model: &str,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let model = model.to_owned();
+        let expiry = expiry_millis(self.ttl);
+        self.blocking(move |db, path| {
+            let txn = db.begin_write().map_err(|e| redb_err(path, e))?;
+            {
+                let mut t = txn.open_table(table).map_err(|e| redb_err(path, e))?;
+                let mut value = Vec::new();
+                for (key, payload) in &entries {
+                    value.clear();
+                    value.extend_from_slice(&expiry.to_le_bytes());
+                    value.extend_from_slice(payload);
+                    t.insert((model.as_str(), key.as_str()), value.as_slice())
+                        .map_err(|e| redb_err(path, e))?;
+                }
+            }
+            txn.commit().map_err(|e| redb_err(path, e))
+        })
+        .await
+    }
+
+    /// Reads payloads for `keys` from `table` under `model` in one read
+    /// transaction; expired entries come back as `None`.
+    async fn get_raw(
+        &self,
+        table: TableDefinition<'static, (&'static str, &'static str), &'static [u8]>,
+        model: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let model = model.to_owned();
+        self.blocking(move |db, path| {
+            let now = now_millis();
+            let txn = db.begin_read().map_err(|e| redb_err(path, e))?;
+            let t = txn.open_table(table).map_err(|e| redb_err(path, e))?;
+            keys.iter()
+                .map(|key| {
+                    let guard = t
+                        .get((model.as_str(), key.as_str()))
+                        .map_err(|e| redb_err(path, e))?;
+                    Ok(guard.and_then(|g| {
+                        let v = g.value();
+                        if is_expired(v, now) {
+                            None
+                        } else {
+                            v.get(EXPIRY_LEN..).map(<[u8]>::to_vec)
+                        }
+                    }))
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+/// Creates or opens the file and makes sure both tables exist, so later read
+/// transactions never see "table does not exist".
+fn open_blocking(path: &Path) -> Result<Database, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    let db = Database::create(path).map_err(|e| redb_err(path, e))?;
+    let txn = db.begin_write().map_err(|e| redb_err(path, e))?;
+    txn.open_table(RECORDS).map_err(|e| redb_err(path, e))?;
+    txn.open_table(BLOBS).map_err(|e| redb_err(path, e))?;
+    txn.commit().map_err(|e| redb_err(path, e))?;
+    Ok(db)
+}
+
+/// Whether a stored value's expiry prefix lies in the past. A value too short
+/// to hold the prefix counts as expired (it cannot be a valid entry).
+fn is_expired(value: &[u8], now: u64) -> bool {
+    match value.get(..EXPIRY_LEN) {
+        Some(prefix) => {
+            let mut b = [0u8; EXPIRY_LEN];
+            b.copy_from_slice(prefix);
+            let expiry = u64::from_le_bytes(b);
+            expiry != 0 && expiry <= now
+        }
+        None => true,
+    }
+}
+
+/// Wraps any redb error with the file it concerns.
+fn redb_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Redb {
+        path: path.display().to_string(),
+        source: e.into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl FeatureStore for RedbStore {
+    async fn get_many(
+        &self,
+        model: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<FeatureRecord>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw = self.get_raw(RECORDS, model, keys.to_vec()).await?;
+        Ok(raw
+            .iter()
+            .zip(keys)
+            .map(|(v, key)| v.as_deref().and_then(|b| decode_or_miss(model, key, b)))
+            .collect())
+    }
+
+    async fn put_many(
+        &self,
+        model: &str,
+        records: &[(String, FeatureRecord)],
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let entries = records
+            .iter()
+            .map(|(k, r)| (k.clone(), r.encode()))
+            .collect();
+        self.put_raw(RECORDS, model, entries).await
+    }
+
+    async fn get_blob(&self, model: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut raw = self.get_raw(BLOBS, model, vec![name.to_owned()]).await?;
+        Ok(raw.pop().flatten())
+    }
+
+    async fn put_blob(&self, model: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_raw(BLOBS, model, vec![(name.to_owned(), bytes.to_vec())])
+            .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every write transaction was committed with immediate durability
+        // (fsync before `commit` returns), so there is nothing buffered.
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("redb:{}", self.path.display())
+    }
+}
