@@ -1,1 +1,56 @@
-fn main() {}
+//! `ongi`: CLIP photo-album analysis server and command line.
+
+mod compute;
+mod embed;
+mod inputs;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+/// Command line of the `ongi` binary.
+#[derive(Parser, Debug)]
+#[command(name = "ongi", version, about = "CLIP photo-album analysis: embeddings, duplicates, quality, categories, highlights")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Embed images (files or directories) or, with --text, strings; prints JSON lines.
+    Embed(embed::EmbedArgs),
+    /// Run the HTTP server (the original AI server's contract).
+    Serve(server::ServeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Embed(args) => embed::run(args),
+        Command::Serve(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs go to stderr so that stdout stays machine-readable; `RUST_LOG` filters.
+/// `RUST_LOG` filters (default `info` for ongi, `warn` otherwise);
+/// `ONGI_LOG_FORMAT=json` gives one JSON object per line.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ongi=info,ongi_core=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("ONGI_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

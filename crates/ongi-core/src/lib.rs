@@ -1,6 +1,8 @@
 //! ongi core: everything between HTTP and the tensors.
 
 pub mod batcher;
+pub mod embedding;
+pub mod encoder;
 pub mod features;
 pub mod model_id;
 pub mod preprocess;

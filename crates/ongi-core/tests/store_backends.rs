@@ -5,118 +5,20 @@
 //! `redis-server` must be on PATH (`apt-get install redis-server`); without
 //! it the Redis tests fail with that instruction rather than pass silently.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ongi_core::features::FeatureRecord;
 use ongi_core::store::{open_store, FeatureStore, RedbStore, StoreError};
 
+#[path = "support/redis.rs"]
+mod redis_support;
+use redis_support::{free_port, RedisServer};
+
 // ---------------------------------------------------------------------------
 // Harnesses
 // ---------------------------------------------------------------------------
-
-/// A private `redis-server` on a free loopback port, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = spawn_redis(dir.path(), port);
-        let server = Self { child, port, dir };
-        server.wait_ready();
-        server
-    }
-
-    /// Starts a fresh server on the same port (after [`RedisServer::kill`]).
-    fn restart(&mut self) {
-        self.child = spawn_redis(self.dir.path(), self.port);
-        self.wait_ready();
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if ping(self.port) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
-        panic!(
-            "redis-server on port {} did not answer PING within 10 s; log:\n{log}",
-            self.port
-        );
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn spawn_redis(dir: &Path, port: u16) -> Child {
-    let log = std::fs::File::create(dir.join("redis.log")).unwrap();
-    let result = Command::new("redis-server")
-        .args(["--port", &port.to_string()])
-        .args(["--bind", "127.0.0.1"])
-        .args(["--save", ""])
-        .args(["--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn();
-    match result {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "redis-server is not on PATH: the Redis store tests need a real server; \
-             install it (Debian/Ubuntu: `apt-get install -y redis-server`)"
-        ),
-        Err(e) => panic!("cannot start redis-server: {e}"),
-    }
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Raw RESP `PING`, so readiness does not depend on the code under test.
-fn ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
-}
 
 /// A store under test plus whatever keeps its backend alive.
 struct Harness {
@@ -568,7 +470,7 @@ async fn redis_hung_server_times_out_instead_of_hanging() {
         .put_many("clip", &[("a.jpg".to_owned(), record(1, 8))])
         .await
         .unwrap();
-    let pid = server.child.id().to_string();
+    let pid = server.pid().to_string();
     // A stopped process keeps its socket open but never answers.
     assert!(Command::new("kill")
         .args(["-STOP", &pid])

@@ -1,0 +1,357 @@
+//! The embedding pipeline of one request: load → decode → preprocess (and the
+//! pixel features) → queue → embed → store, in one pass over each photo.
+//!
+//! Photos that already have a feature record are not touched (seed 000:
+//! compute once, share with every downstream task).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::batcher::{Batcher, Slot};
+use crate::features::{self, FeatureRecord};
+use crate::preprocess::{self, PreprocessConfig};
+use crate::source::ImageSource;
+use crate::store::{FeatureStore, StoreError};
+
+/// Why a whole request could not be served (per-image problems are in [`EmbedReport::failed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The inference queue cannot take the request's images now; retry later.
+    #[error("the inference queue is full")]
+    Busy,
+    /// The feature store failed.
+    #[error("feature store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A key that could not be embedded, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFailure {
+    /// The object key as requested.
+    pub key: String,
+    /// Why it failed (load, decode or inference error).
+    pub reason: String,
+}
+
+/// What one embedding request did.
+#[derive(Debug)]
+pub struct EmbedReport {
+    /// Keys that could not be loaded, decoded or embedded, in request order.
+    pub failed: Vec<ImageFailure>,
+    /// Keys answered from the feature store without touching pixels.
+    pub cached: usize,
+    /// Keys embedded and stored by this request.
+    pub embedded: usize,
+    /// Per-stage timings.
+    pub timings: RequestTimings,
+}
+
+/// Total, min, average and max of one per-image stage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageStats {
+    /// Sum over the images.
+    pub total: Duration,
+    /// Fastest image.
+    pub min: Duration,
+    /// Mean over the images.
+    pub avg: Duration,
+    /// Slowest image.
+    pub max: Duration,
+}
+
+impl StageStats {
+    fn of(samples: impl Iterator<Item = Duration>) -> Self {
+        let (mut n, mut total, mut min, mut max) = (0u32, Duration::ZERO, Duration::MAX, Duration::ZERO);
+        for d in samples {
+            n += 1;
+            total += d;
+            min = min.min(d);
+            max = max.max(d);
+        }
+        if n == 0 {
+            return Self::default();
+        }
+        Self {
+            total,
+            min,
+            avg: total / n,
+            max,
+        }
+    }
+}
+
+/// Per-stage timings of one request (seed 002).
+#[derive(Debug, Clone, Default)]
+pub struct RequestTimings {
+    /// Reading the object's bytes.
+    pub load: StageStats,
+    /// Decoding (with EXIF orientation).
+    pub decode: StageStats,
+    /// CLIP preprocessing plus pHash and Laplacian variance.
+    pub preprocess: StageStats,
+    /// Waiting in the inference queue.
+    pub queue_wait: StageStats,
+    /// The model time of the batch each image ran in.
+    pub embed: StageStats,
+    /// Reading and writing the feature store.
+    pub store: Duration,
+    /// The whole request.
+    pub total: Duration,
+}
+
+/// Timings of one image through the per-image stages.
+#[derive(Debug, Clone, Copy)]
+struct ImageTimings {
+    load: Duration,
+    decode: Duration,
+    preprocess: Duration,
+    queue_wait: Duration,
+    embed: Duration,
+}
+
+/// Shared state of the embedding pipeline.
+pub struct EmbeddingService {
+    source: Arc<ImageSource>,
+    store: Arc<dyn FeatureStore>,
+    batcher: Batcher,
+    decode_pool: Arc<rayon::ThreadPool>,
+    preprocess: Arc<PreprocessConfig>,
+    model_id: String,
+    fetch_permits: Arc<Semaphore>,
+}
+
+/// Settings of the pipeline besides its parts.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Object fetches in flight at once across all requests.
+    pub max_concurrent_fetches: usize,
+}
+
+impl EmbeddingService {
+    /// Assembles the pipeline from its parts.
+    pub fn new(
+        source: Arc<ImageSource>,
+        store: Arc<dyn FeatureStore>,
+        batcher: Batcher,
+        decode_pool: Arc<rayon::ThreadPool>,
+        preprocess: Arc<PreprocessConfig>,
+        model_id: String,
+        config: &PipelineConfig,
+    ) -> Self {
+        Self {
+            source,
+            store,
+            batcher,
+            decode_pool,
+            preprocess,
+            model_id,
+            fetch_permits: Arc::new(Semaphore::new(config.max_concurrent_fetches.max(1))),
+        }
+    }
+
+    /// The model identity under which records are stored.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// The feature store.
+    pub fn store(&self) -> &Arc<dyn FeatureStore> {
+        &self.store
+    }
+
+    /// The inference batcher.
+    pub fn batcher(&self) -> &Batcher {
+        &self.batcher
+    }
+
+    /// Feature records of `keys` in order (`None` where missing).
+    pub async fn records(&self, keys: &[String]) -> Result<Vec<Option<FeatureRecord>>, EmbedError> {
+        Ok(self.store.get_many(&self.model_id, keys).await?)
+    }
+
+    /// Embeds every key that has no record yet and stores the records.
+    pub async fn embed(&self, keys: &[String]) -> Result<EmbedReport, EmbedError> {
+        let started = Instant::now();
+        let mut seen = HashSet::new();
+        let unique: Vec<String> = keys
+            .iter()
+            .filter(|k| seen.insert(k.as_str()))
+            .cloned()
+            .collect();
+
+        let store_started = Instant::now();
+        let existing = self.store.get_many(&self.model_id, &unique).await?;
+        let mut store_time = store_started.elapsed();
+        let missing: Vec<String> = unique
+            .iter()
+            .zip(&existing)
+            .filter(|(_, r)| r.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let cached = unique.len() - missing.len();
+        metrics::counter!("ongi_cache_hits_total").increment(cached as u64);
+        metrics::counter!("ongi_cache_misses_total").increment(missing.len() as u64);
+
+        // reserve refuses only for lack of room
+        let slots = self
+            .batcher
+            .reserve(missing.len())
+            .map_err(|_| EmbedError::Busy)?;
+        let results = futures_util::future::join_all(
+            missing
+                .iter()
+                .zip(slots)
+                .map(|(key, slot)| self.process(key, slot)),
+        )
+        .await;
+
+        let mut failed = Vec::new();
+        let mut records = Vec::new();
+        let mut per_image = Vec::new();
+        for (key, result) in missing.iter().zip(results) {
+            match result {
+                Ok((record, t)) => {
+                    records.push((key.clone(), record));
+                    per_image.push(t);
+                }
+                Err(reason) => failed.push(ImageFailure {
+                    key: key.clone(),
+                    reason,
+                }),
+            }
+        }
+        let store_started = Instant::now();
+        if !records.is_empty() {
+            self.store.put_many(&self.model_id, &records).await?;
+        }
+        store_time += store_started.elapsed();
+
+        let timings = RequestTimings {
+            load: StageStats::of(per_image.iter().map(|t| t.load)),
+            decode: StageStats::of(per_image.iter().map(|t| t.decode)),
+            preprocess: StageStats::of(per_image.iter().map(|t| t.preprocess)),
+            queue_wait: StageStats::of(per_image.iter().map(|t| t.queue_wait)),
+            embed: StageStats::of(per_image.iter().map(|t| t.embed)),
+            store: store_time,
+            total: started.elapsed(),
+        };
+        record_metrics(&per_image, &timings, records.len());
+        Ok(EmbedReport {
+            failed,
+            cached,
+            embedded: records.len(),
+            timings,
+        })
+    }
+
+    /// One photo through load, decode, preprocess and the model.
+    async fn process(&self, key: &str, slot: Slot) -> Result<(FeatureRecord, ImageTimings), String> {
+        let started = Instant::now();
+        let bytes = {
+            let _permit = self
+                .fetch_permits
+                .acquire()
+                .await
+                .map_err(|_| "server is shutting down".to_string())?;
+            self.source.fetch(key).await.map_err(|e| e.to_string())?
+        };
+        let load = started.elapsed();
+
+        // Decoding is CPU work: it runs on the bounded decode pool, never on
+        // the async runtime's threads.
+        let cfg = self.preprocess.clone();
+        let (tx, rx) = oneshot::channel();
+        self.decode_pool.spawn(move || {
+            let t = Instant::now();
+            let out = preprocess::decode_image(&bytes).map(|img| {
+                let decode = t.elapsed();
+                let t = Instant::now();
+                let pixels = preprocess::preprocess(&img, &cfg);
+                let pixel_features = features::pixel_features(&img);
+                (pixels, pixel_features, decode, t.elapsed())
+            });
+            let _ = tx.send(out);
+        });
+        let (pixels, px, decode, preprocess) = rx
+            .await
+            .map_err(|_| "decode worker stopped".to_string())?
+            .map_err(|e| e.to_string())?;
+
+        let embedded = slot.embed(pixels).await.map_err(|e| e.to_string())?;
+        let record = FeatureRecord {
+            embedding: embedded.embedding,
+            phash: px.phash,
+            laplacian_var: px.laplacian_var,
+            width: px.width,
+            height: px.height,
+        };
+        let timings = ImageTimings {
+            load,
+            decode,
+            preprocess,
+            queue_wait: embedded.queue_wait,
+            embed: embedded.embed_time,
+        };
+        Ok((record, timings))
+    }
+}
+
+fn record_metrics(per_image: &[ImageTimings], t: &RequestTimings, embedded: usize) {
+    for i in per_image {
+        for (stage, d) in [
+            ("load", i.load),
+            ("decode", i.decode),
+            ("preprocess", i.preprocess),
+            ("queue_wait", i.queue_wait),
+            ("embed", i.embed),
+        ] {
+            metrics::histogram!("ongi_stage_seconds", "stage" => stage).record(d.as_secs_f64());
+        }
+    }
+    metrics::histogram!("ongi_stage_seconds", "stage" => "store").record(t.store.as_secs_f64());
+    metrics::histogram!("ongi_stage_seconds", "stage" => "total").record(t.total.as_secs_f64());
+    if embedded > 0 && !t.total.is_zero() {
+        metrics::gauge!("ongi_images_per_second").set(embedded as f64 / t.total.as_secs_f64());
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Logs the request's one structured timing line.
+pub fn log_timings(images: usize, report: &EmbedReport) {
+    let t = &report.timings;
+    tracing::info!(
+        images,
+        cached = report.cached,
+        embedded = report.embedded,
+        failed = report.failed.len(),
+        load_total_ms = ms(t.load.total),
+        load_min_ms = ms(t.load.min),
+        load_avg_ms = ms(t.load.avg),
+        load_max_ms = ms(t.load.max),
+        decode_total_ms = ms(t.decode.total),
+        decode_min_ms = ms(t.decode.min),
+        decode_avg_ms = ms(t.decode.avg),
+        decode_max_ms = ms(t.decode.max),
+        preprocess_total_ms = ms(t.preprocess.total),
+        preprocess_min_ms = ms(t.preprocess.min),
+        preprocess_avg_ms = ms(t.preprocess.avg),
+        preprocess_max_ms = ms(t.preprocess.max),
+        queue_wait_total_ms = ms(t.queue_wait.total),
+        queue_wait_min_ms = ms(t.queue_wait.min),
+        queue_wait_avg_ms = ms(t.queue_wait.avg),
+        queue_wait_max_ms = ms(t.queue_wait.max),
+        embed_total_ms = ms(t.embed.total),
+        embed_min_ms = ms(t.embed.min),
+        embed_avg_ms = ms(t.embed.avg),
+        embed_max_ms = ms(t.embed.max),
+        store_ms = ms(t.store),
+        total_ms = ms(t.total),
+        "embedding request"
+    );
+}

@@ -1,0 +1,125 @@
+//! Request and response bodies of the HTTP contract (SPEC §2), with their OpenAPI schemas.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `{"images": [key, ...]}`: the body of the embedding, duplicates and quality routes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesRequest {
+    /// Object keys (or paths relative to the local image root).
+    pub images: Vec<String>,
+}
+
+/// The answer of `POST /api/albums/embedding`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingResponse {
+    /// `success`.
+    pub message: String,
+    /// `null` when every image was embedded, else the keys that could not be loaded or decoded.
+    pub data: Option<Vec<String>>,
+}
+
+/// Every non-success answer: `{"message": code, "data": details}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    /// One of `invalid_request`, `unauthorized_server`, `embedding_required`,
+    /// `internal_server_error`, `service_unavailable`.
+    pub message: String,
+    /// The reason (a string), the missing keys (428), or `null`.
+    #[schema(value_type = Object, nullable = true)]
+    pub data: serde_json::Value,
+}
+
+/// `GET /health/info`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    /// `ok`.
+    pub status: String,
+    /// Human-readable summary of what the server runs.
+    pub message: String,
+    /// ongi's version.
+    pub version: String,
+}
+
+/// An error answer of the contract.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 `invalid_request` with a reason.
+    InvalidRequest(String),
+    /// 500 `internal_server_error` (the cause is logged, not returned).
+    Internal,
+    /// 503 with `Retry-After`: the inference queue is full.
+    Busy,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message, data) = match self {
+            ApiError::InvalidRequest(reason) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                serde_json::Value::String(reason),
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_server_error",
+                serde_json::Value::Null,
+            ),
+            ApiError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                serde_json::Value::String("the inference queue is full; retry later".into()),
+            ),
+        };
+        let mut response = (
+            status,
+            axum::Json(ErrorResponse {
+                message: message.into(),
+                data,
+            }),
+        )
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Parses a JSON body into `T`, answering 400 with serde's reason otherwise.
+///
+/// Bodies are parsed here rather than by axum's `Json` extractor so that every
+/// malformed body gets the contract's 400 envelope (axum would answer 415/422
+/// in its own format).
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("malformed request body: {e}")))
+}
+
+/// Checks the `images` list of a request.
+pub fn check_images(images: &[String]) -> Result<(), ApiError> {
+    if images.is_empty() {
+        return Err(ApiError::InvalidRequest("images must not be empty".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_bodies_are_invalid_requests() {
+        for body in [&b"not json"[..], b"{}", b"{\"images\": \"a.jpg\"}", b"{\"images\": [1]}", b"{\"images\": [], \"x\": 1}"] {
+            assert!(matches!(parse_body::<ImagesRequest>(body), Err(ApiError::InvalidRequest(_))), "{body:?}");
+        }
+        let ok: ImagesRequest = parse_body(b"{\"images\": [\"a.jpg\"]}").unwrap();
+        assert_eq!(ok.images, vec!["a.jpg"]);
+        assert!(check_images(&[]).is_err());
+    }
+}
