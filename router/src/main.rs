@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 
 /// Command line of the `ongi` binary.
 #[derive(Parser, Debug)]
-#[command(name = "ongi", version, about = "CLIP photo-album analysis: embeddings, duplicates, quality, categories, highlights")]
+#[command(
+    name = "ongi",
+    version,
+    about = "CLIP photo-album analysis: embeddings, duplicates, quality, categories, highlights"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -115,8 +115,20 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_invalid_requests() {
-        for body in [&b"not json"[..], b"{}", b"{\"images\": \"a.jpg\"}", b"{\"images\": [1]}", b"{\"images\": [], \"x\": 1}"] {
-            assert!(matches!(parse_body::<ImagesRequest>(body), Err(ApiError::InvalidRequest(_))), "{body:?}");
+        for body in [
+            &b"not json"[..],
+            b"{}",
+            b"{\"images\": \"a.jpg\"}",
+            b"{\"images\": [1]}",
+            b"{\"images\": [], \"x\": 1}",
+        ] {
+            assert!(
+                matches!(
+                    parse_body::<ImagesRequest>(body),
+                    Err(ApiError::InvalidRequest(_))
+                ),
+                "{body:?}"
+            );
         }
         let ok: ImagesRequest = parse_body(b"{\"images\": [\"a.jpg\"]}").unwrap();
         assert_eq!(ok.images, vec!["a.jpg"]);

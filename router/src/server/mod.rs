@@ -73,7 +73,12 @@ pub struct AppState {
 #[openapi(
     info(title = "ongi", description = "CLIP photo-album analysis server"),
     paths(routes::embedding, routes::health, routes::metrics),
-    components(schemas(api::ImagesRequest, api::EmbeddingResponse, api::ErrorResponse, api::HealthResponse))
+    components(schemas(
+        api::ImagesRequest,
+        api::EmbeddingResponse,
+        api::ErrorResponse,
+        api::HealthResponse
+    ))
 )]
 struct ApiDoc;
 
@@ -134,9 +139,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .thread_name("ongi-http")
         .build()?;
     runtime.block_on(async move {
-        let store = ongi_core::store::open_store(&args.store, args.cache_ttl.map(Duration::from_secs))
-            .await
-            .with_context(|| format!("opening the feature store {}", args.store))?;
+        let store =
+            ongi_core::store::open_store(&args.store, args.cache_ttl.map(Duration::from_secs))
+                .await
+                .with_context(|| format!("opening the feature store {}", args.store))?;
         let embedding = EmbeddingService::new(
             Arc::new(source),
             store.clone(),

@@ -24,7 +24,10 @@ use super::AppState;
         (status = 503, description = "Inference queue full; see Retry-After", body = api::ErrorResponse),
     )
 )]
-pub async fn embedding(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn embedding(
+    State(app): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: ImagesRequest = api::parse_body(&body)?;
     api::check_images(&request.images)?;
     let report = app.embedding.embed(&request.images).await.map_err(|e| match e {
@@ -38,8 +41,8 @@ pub async fn embedding(State(app): State<Arc<AppState>>, body: Bytes) -> Result<
     for failure in &report.failed {
         tracing::warn!(key = %failure.key, reason = %failure.reason, "image failed");
     }
-    let data = (!report.failed.is_empty())
-        .then(|| report.failed.iter().map(|f| f.key.clone()).collect());
+    let data =
+        (!report.failed.is_empty()).then(|| report.failed.iter().map(|f| f.key.clone()).collect());
     Ok((
         StatusCode::CREATED,
         Json(EmbeddingResponse {
