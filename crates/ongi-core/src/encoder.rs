@@ -52,3 +52,37 @@ impl ImageEncoder for ClipImageEncoder {
         self.encode_batch(batch)
     }
 }
+
+/// Runs strings through the CLIP text tower (prompt embeddings; not on the request path).
+pub struct ClipTextEncoder {
+    model: Arc<ClipModel>,
+    tokenizer: crate::tokenize::ClipTokenizer,
+}
+
+impl ClipTextEncoder {
+    /// Pairs a shared model with its tokenizer.
+    pub fn new(model: Arc<ClipModel>, tokenizer: crate::tokenize::ClipTokenizer) -> Self {
+        Self { model, tokenizer }
+    }
+
+    /// Projected text features of each string, in order, batched by `batch_size`.
+    pub fn encode(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>, String> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(batch_size.max(1)) {
+            // Padding only to the longest prompt of the chunk: the causal mask
+            // makes the pooled EOS output independent of what follows it.
+            let (ids, batch, seq) = self
+                .tokenizer
+                .encode_batch_padded(chunk)
+                .map_err(|e| e.to_string())?;
+            let rows = self
+                .model
+                .text_features_from_ids(&ids, batch, seq)
+                .map_err(|e| e.to_string())?
+                .to_vec2::<f32>()
+                .map_err(|e| e.to_string())?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+}

@@ -1,5 +1,6 @@
 //! ongi core: everything between HTTP and the tensors.
 
+pub mod analysis;
 pub mod batcher;
 pub mod embedding;
 pub mod encoder;
