@@ -1,6 +1,6 @@
 //! `ongi embed`: embeds image files or strings and prints one JSON object per line.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
-use indicatif::{ProgressBar, ProgressStyle};
 use ongi_core::encoder::ClipImageEncoder;
 use ongi_core::preprocess::{self, PreprocessConfig};
 use ongi_core::tokenize::ClipTokenizer;
@@ -152,7 +151,7 @@ fn embed_images(
     }
     let paths: Vec<PathBuf> = args.inputs.iter().map(PathBuf::from).collect();
     let inputs = inputs::expand(&paths);
-    let progress = progress_bar(inputs.len() as u64);
+    let progress = crate::progress::bar(inputs.len() as u64, "images");
     let decode_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers)
         .thread_name(|i| format!("ongi-decode-{i}"))
@@ -239,17 +238,4 @@ fn run_batch(
         }
     }
     Ok(failures)
-}
-
-fn progress_bar(len: u64) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
-    {
-        bar.set_style(style);
-    }
-    bar
 }

@@ -1,8 +1,11 @@
 //! `ongi`: CLIP photo-album analysis server and command line.
 
+mod analyze;
 mod compute;
 mod embed;
 mod inputs;
+mod pipeline;
+mod progress;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +26,8 @@ struct Cli {
 enum Command {
     /// Embed images (files or directories) or, with --text, strings; prints JSON lines.
     Embed(embed::EmbedArgs),
+    /// Embed a local folder into the store and print the album report as JSON.
+    Analyze(analyze::AnalyzeArgs),
     /// Run the HTTP server (the original AI server's contract).
     Serve(server::ServeArgs),
 }
@@ -32,6 +37,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(args) => embed::run(args),
+        Command::Analyze(args) => analyze::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Serve(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
     };
     match result {

@@ -13,6 +13,89 @@ pub struct ImagesRequest {
     pub images: Vec<String>,
 }
 
+/// Body of `POST /api/albums/categories`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CategoriesRequest {
+    /// Object keys.
+    pub images: Vec<String>,
+    /// Album concepts whose sub-categories join the parent categories (e.g. `travel`, `여행`).
+    #[serde(default)]
+    pub concepts: Option<Vec<String>>,
+}
+
+/// A category and its images, in requests and answers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryImages {
+    /// Category name (Korean).
+    pub category: String,
+    /// Object keys.
+    pub images: Vec<String>,
+}
+
+/// Body of `POST /api/albums/score`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    /// Categories as `/api/albums/categories` returned them.
+    pub categories: Vec<CategoryImages>,
+}
+
+/// One photo's highlight score.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImageScore {
+    /// Object key.
+    pub image: String,
+    /// Highlight score (higher is better; zero-shot scores lie in [0, 10]).
+    pub score: f32,
+}
+
+/// Scores of one category's photos, in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CategoryScores {
+    /// Category name as requested.
+    pub category: String,
+    /// One score per requested image.
+    pub images: Vec<ImageScore>,
+}
+
+/// The answer of `POST /api/albums/duplicates`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DuplicatesResponse {
+    /// `success`.
+    pub message: String,
+    /// Groups of duplicate keys (singletons omitted).
+    pub data: Vec<Vec<String>>,
+}
+
+/// The answer of `POST /api/albums/quality`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QualityResponse {
+    /// `success`.
+    pub message: String,
+    /// Keys of low-quality photos.
+    pub data: Vec<String>,
+}
+
+/// The answer of `POST /api/albums/categories`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CategoriesResponse {
+    /// `success`.
+    pub message: String,
+    /// Themed groups; every requested key exactly once.
+    pub data: Vec<CategoryImages>,
+}
+
+/// The answer of `POST /api/albums/score`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScoreResponse {
+    /// `success`.
+    pub message: String,
+    /// Scores per category.
+    pub data: Vec<CategoryScores>,
+}
+
 /// The answer of `POST /api/albums/embedding`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EmbeddingResponse {
@@ -49,6 +132,8 @@ pub struct HealthResponse {
 pub enum ApiError {
     /// 400 `invalid_request` with a reason.
     InvalidRequest(String),
+    /// 428 `embedding_required` with the keys lacking cached features.
+    EmbeddingRequired(Vec<String>),
     /// 500 `internal_server_error` (the cause is logged, not returned).
     Internal,
     /// 503 with `Retry-After`: the inference queue is full.
@@ -62,6 +147,11 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 serde_json::Value::String(reason),
+            ),
+            ApiError::EmbeddingRequired(keys) => (
+                StatusCode::PRECONDITION_REQUIRED,
+                "embedding_required",
+                serde_json::Value::from(keys),
             ),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,12 +191,22 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         .map_err(|e| ApiError::InvalidRequest(format!("malformed request body: {e}")))
 }
 
-/// Checks the `images` list of a request.
-pub fn check_images(images: &[String]) -> Result<(), ApiError> {
+/// Checks the `images` list of a request and drops repeated keys (first occurrence kept).
+pub fn unique_images(images: &[String]) -> Result<Vec<String>, ApiError> {
     if images.is_empty() {
         return Err(ApiError::InvalidRequest("images must not be empty".into()));
     }
-    Ok(())
+    let mut seen = std::collections::HashSet::new();
+    Ok(images
+        .iter()
+        .filter(|k| seen.insert(k.as_str()))
+        .cloned()
+        .collect())
+}
+
+/// A success answer: 201 `{"message": "success", "data": data}`.
+pub fn created<T: Serialize>(body: T) -> Response {
+    (StatusCode::CREATED, axum::Json(body)).into_response()
 }
 
 #[cfg(test)]
@@ -132,6 +232,8 @@ mod tests {
         }
         let ok: ImagesRequest = parse_body(b"{\"images\": [\"a.jpg\"]}").unwrap();
         assert_eq!(ok.images, vec!["a.jpg"]);
-        assert!(check_images(&[]).is_err());
+        assert!(unique_images(&[]).is_err());
+        let keys = vec!["a".to_string(), "b".into(), "a".into()];
+        assert_eq!(unique_images(&keys).unwrap(), vec!["a", "b"]);
     }
 }

@@ -1,16 +1,70 @@
 //! HTTP handlers: thin wrappers that parse, call the core, and shape the answer.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ongi_core::analysis::AnalysisError;
 use ongi_core::embedding::{log_timings, EmbedError};
+use ongi_core::features::FeatureRecord;
 
-use super::api::{self, ApiError, EmbeddingResponse, HealthResponse, ImagesRequest};
+use super::api::{
+    self, created, ApiError, CategoriesRequest, CategoriesResponse, CategoryImages, CategoryScores,
+    DuplicatesResponse, EmbeddingResponse, HealthResponse, ImageScore, ImagesRequest,
+    QualityResponse, ScoreRequest, ScoreResponse,
+};
 use super::AppState;
+
+const SUCCESS: &str = "success";
+
+fn embed_error(app: &AppState, err: EmbedError) -> ApiError {
+    match err {
+        EmbedError::Busy => ApiError::Busy,
+        EmbedError::Store(err) => store_error(app, &err),
+    }
+}
+
+fn store_error(app: &AppState, err: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(error = %err, store = %app.pipeline.store.describe(), "feature store failed");
+    ApiError::Internal
+}
+
+/// The records of `keys` in order, or 428 with the keys that have none.
+async fn cached_records(
+    app: &AppState,
+    keys: &[String],
+) -> Result<Vec<(String, FeatureRecord)>, ApiError> {
+    let records = app
+        .pipeline
+        .embedding
+        .records(keys)
+        .await
+        .map_err(|e| embed_error(app, e))?;
+    let missing: Vec<String> = keys
+        .iter()
+        .zip(&records)
+        .filter(|(_, r)| r.is_none())
+        .map(|(k, _)| k.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::EmbeddingRequired(missing));
+    }
+    Ok(keys
+        .iter()
+        .cloned()
+        .zip(records.into_iter().flatten())
+        .collect())
+}
+
+fn observe(route: &'static str, started: Instant, images: usize) {
+    let elapsed = started.elapsed();
+    metrics::histogram!("ongi_analysis_seconds", "route" => route).record(elapsed.as_secs_f64());
+    tracing::info!(route, images, ms = elapsed.as_secs_f64() * 1e3, "analysis");
+}
 
 /// Embeds and caches every photo of the album.
 #[utoipa::path(
@@ -29,28 +83,185 @@ pub async fn embedding(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: ImagesRequest = api::parse_body(&body)?;
-    api::check_images(&request.images)?;
-    let report = app.embedding.embed(&request.images).await.map_err(|e| match e {
-        EmbedError::Busy => ApiError::Busy,
-        EmbedError::Store(err) => {
-            tracing::error!(error = %err, store = %app.embedding.store().describe(), "feature store failed");
-            ApiError::Internal
-        }
-    })?;
-    log_timings(request.images.len(), &report);
+    let keys = api::unique_images(&request.images)?;
+    let report = app
+        .pipeline
+        .embedding
+        .embed(&keys)
+        .await
+        .map_err(|e| embed_error(&app, e))?;
+    log_timings(keys.len(), &report);
     for failure in &report.failed {
         tracing::warn!(key = %failure.key, reason = %failure.reason, "image failed");
     }
     let data =
         (!report.failed.is_empty()).then(|| report.failed.iter().map(|f| f.key.clone()).collect());
-    Ok((
-        StatusCode::CREATED,
-        Json(EmbeddingResponse {
-            message: "success".into(),
-            data,
-        }),
+    Ok(created(EmbeddingResponse {
+        message: SUCCESS.into(),
+        data,
+    }))
+}
+
+/// Groups of near-identical photos; photos without a record are embedded first.
+#[utoipa::path(
+    post,
+    path = "/api/albums/duplicates",
+    request_body = ImagesRequest,
+    responses(
+        (status = 201, description = "Duplicate groups (singletons omitted)", body = DuplicatesResponse),
+        (status = 400, description = "Empty list or malformed body", body = api::ErrorResponse),
+        (status = 503, description = "Inference queue full; see Retry-After", body = api::ErrorResponse),
     )
-        .into_response())
+)]
+pub async fn duplicates(
+    State(app): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: ImagesRequest = api::parse_body(&body)?;
+    let keys = api::unique_images(&request.images)?;
+    // The original loaded pixels here; ongi embeds only what the cache lacks.
+    let report = app
+        .pipeline
+        .embedding
+        .embed(&keys)
+        .await
+        .map_err(|e| embed_error(&app, e))?;
+    if report.embedded > 0 || !report.failed.is_empty() {
+        log_timings(keys.len(), &report);
+    }
+    let started = Instant::now();
+    let records = app
+        .pipeline
+        .embedding
+        .records(&keys)
+        .await
+        .map_err(|e| embed_error(&app, e))?;
+    // Photos that could not be embedded cannot be duplicates of anything.
+    let present: Vec<(String, FeatureRecord)> = keys
+        .into_iter()
+        .zip(records)
+        .filter_map(|(k, r)| r.map(|r| (k, r)))
+        .collect();
+    let groups = app.pipeline.analyzer.duplicates(&present);
+    observe("duplicates", started, present.len());
+    Ok(created(DuplicatesResponse {
+        message: SUCCESS.into(),
+        data: groups,
+    }))
+}
+
+/// Low-quality photos (Laplacian blur test or CLIP-IQA dual threshold).
+#[utoipa::path(
+    post,
+    path = "/api/albums/quality",
+    request_body = ImagesRequest,
+    responses(
+        (status = 201, description = "Keys of low-quality photos", body = QualityResponse),
+        (status = 400, description = "Empty list or malformed body", body = api::ErrorResponse),
+        (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
+    )
+)]
+pub async fn quality(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: ImagesRequest = api::parse_body(&body)?;
+    let keys = api::unique_images(&request.images)?;
+    let started = Instant::now();
+    let records = cached_records(&app, &keys).await?;
+    let low = app.pipeline.analyzer.low_quality(&records);
+    observe("quality", started, records.len());
+    Ok(created(QualityResponse {
+        message: SUCCESS.into(),
+        data: low,
+    }))
+}
+
+/// Themed categories by the representative-tag algorithm.
+#[utoipa::path(
+    post,
+    path = "/api/albums/categories",
+    request_body = CategoriesRequest,
+    responses(
+        (status = 201, description = "Groups; every requested key exactly once", body = CategoriesResponse),
+        (status = 400, description = "Empty list, malformed body or unknown concept", body = api::ErrorResponse),
+        (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
+    )
+)]
+pub async fn categories(
+    State(app): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: CategoriesRequest = api::parse_body(&body)?;
+    let keys = api::unique_images(&request.images)?;
+    let concepts = request.concepts.unwrap_or_default();
+    let started = Instant::now();
+    let records = cached_records(&app, &keys).await?;
+    let groups = app
+        .pipeline
+        .analyzer
+        .categories(&records, &concepts)
+        .map_err(|e| match e {
+            AnalysisError::Taxonomy(err) => ApiError::InvalidRequest(err.to_string()),
+            other => {
+                tracing::error!(error = %other, "categories failed");
+                ApiError::Internal
+            }
+        })?;
+    observe("categories", started, records.len());
+    Ok(created(CategoriesResponse {
+        message: SUCCESS.into(),
+        data: groups
+            .into_iter()
+            .map(|(category, images)| CategoryImages { category, images })
+            .collect(),
+    }))
+}
+
+/// Highlight score of each photo, per category.
+#[utoipa::path(
+    post,
+    path = "/api/albums/score",
+    request_body = ScoreRequest,
+    responses(
+        (status = 201, description = "One score per requested image, in request order", body = ScoreResponse),
+        (status = 400, description = "Empty or malformed body", body = api::ErrorResponse),
+        (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
+    )
+)]
+pub async fn score(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: ScoreRequest = api::parse_body(&body)?;
+    let all: Vec<String> = request
+        .categories
+        .iter()
+        .flat_map(|c| c.images.iter().cloned())
+        .collect();
+    let keys = api::unique_images(&all)
+        .map_err(|_| ApiError::InvalidRequest("categories must hold at least one image".into()))?;
+    let started = Instant::now();
+    let records = cached_records(&app, &keys).await?;
+    let analyzer = &app.pipeline.analyzer;
+    let scores: std::collections::HashMap<&str, f32> = records
+        .iter()
+        .map(|(k, r)| (k.as_str(), analyzer.score(r)))
+        .collect();
+    let data = request
+        .categories
+        .iter()
+        .map(|c| CategoryScores {
+            category: c.category.clone(),
+            images: c
+                .images
+                .iter()
+                .map(|k| ImageScore {
+                    image: k.clone(),
+                    score: scores.get(k.as_str()).copied().unwrap_or(0.0),
+                })
+                .collect(),
+        })
+        .collect();
+    observe("score", started, records.len());
+    Ok(created(ScoreResponse {
+        message: SUCCESS.into(),
+        data,
+    }))
 }
 
 /// Liveness and version.
@@ -60,8 +271,8 @@ pub async fn health(State(app): State<Arc<AppState>>) -> Json<HealthResponse> {
         status: "ok".into(),
         message: format!(
             "ongi serving model {} from {}",
-            app.embedding.model_id(),
-            app.source_description
+            app.pipeline.embedding.model_id(),
+            app.pipeline.source_description
         ),
         version: env!("CARGO_PKG_VERSION").into(),
     })

@@ -1,0 +1,204 @@
+//! Builds the embedding pipeline and the analyzer from flags; shared by
+//! `ongi serve` and `ongi analyze`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ongi_core::analysis::quality::QualityConfig;
+use ongi_core::analysis::score::ScoreHead;
+use ongi_core::analysis::taxonomy::Taxonomy;
+use ongi_core::analysis::{AnalysisConfig, Analyzer};
+use ongi_core::batcher::{Batcher, BatcherConfig};
+use ongi_core::embedding::{EmbeddingService, PipelineConfig};
+use ongi_core::encoder::{ClipImageEncoder, ClipTextEncoder};
+use ongi_core::preprocess::PreprocessConfig;
+use ongi_core::source::{ImageSource, SourceLimits};
+use ongi_core::store::FeatureStore;
+use ongi_core::tokenize::ClipTokenizer;
+use ongi_model::clip::ClipModel;
+
+use crate::compute::{Compute, ComputeArgs};
+
+/// Model, cache and batching flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// Hugging Face CLIP model directory.
+    #[arg(long, env = "ONGI_MODEL")]
+    pub model: PathBuf,
+    /// Feature store: a file path (embedded redb store) or `redis://host:port/db`.
+    #[arg(long, env = "ONGI_STORE", default_value = "ongi-features.redb")]
+    pub store: String,
+    /// Time to live of cached feature records, in seconds (default: forever).
+    #[arg(long, env = "ONGI_CACHE_TTL")]
+    pub cache_ttl: Option<u64>,
+    /// Overrides the model identity under which features are cached.
+    #[arg(long, env = "ONGI_MODEL_ID")]
+    pub model_id: Option<String>,
+    /// Largest inference batch.
+    #[arg(long, env = "ONGI_BATCH_SIZE", default_value_t = 16)]
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[arg(long, env = "ONGI_MAX_BATCH_WAIT_MS", default_value_t = 5)]
+    pub max_batch_wait_ms: u64,
+    /// Threads decoding and preprocessing photos (default: the compute thread count).
+    #[arg(long, env = "ONGI_DECODE_WORKERS")]
+    pub decode_workers: Option<usize>,
+    /// Images that may wait for inference at once; a request that does not fit gets 503.
+    #[arg(long, env = "ONGI_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Object fetches in flight at once.
+    #[arg(long, env = "ONGI_MAX_CONCURRENT_FETCHES", default_value_t = 64)]
+    pub max_concurrent_fetches: usize,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+/// Analysis flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AnalysisArgs {
+    /// Tag taxonomy JSON replacing the built-in one.
+    #[arg(long, env = "ONGI_TAXONOMY")]
+    pub taxonomy: Option<PathBuf>,
+    /// Highlight score head (safetensors linear/MLP over the normalised embedding).
+    #[arg(long, env = "ONGI_SCORE_HEAD")]
+    pub score_head: Option<PathBuf>,
+    /// JSON file overriding analysis constants (duplicates, quality, categories).
+    #[arg(long, env = "ONGI_ANALYSIS_CONFIG")]
+    pub analysis_config: Option<PathBuf>,
+}
+
+/// Everything a command needs to embed and analyse.
+pub struct Pipeline {
+    /// The per-request embedding pipeline.
+    pub embedding: EmbeddingService,
+    /// Album analysis over the store.
+    pub analyzer: Analyzer,
+    /// The feature store (also inside `embedding`).
+    pub store: Arc<dyn FeatureStore>,
+    /// Where photos come from, for logs.
+    pub source_description: String,
+}
+
+/// Loads the model, opens source and store, starts the inference worker and
+/// prepares the analyzer. Must run inside a tokio runtime.
+pub async fn build(
+    args: &PipelineArgs,
+    analysis: &AnalysisArgs,
+    images: &str,
+    compute: Compute,
+) -> Result<Pipeline> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let model = Arc::new(
+        ClipModel::load(&args.model, &compute.device, compute.dtype)
+            .with_context(|| format!("loading the model from {}", args.model.display()))?,
+    );
+    let preprocess = PreprocessConfig::from_model_dir(&args.model)?;
+    let size = model.image_size() as u32;
+    if preprocess.crop_height != size || preprocess.crop_width != size {
+        bail!(
+            "preprocessor_config.json crops to {}x{} but the model's vision_config.image_size is {size}",
+            preprocess.crop_width,
+            preprocess.crop_height
+        );
+    }
+    let model_id = match &args.model_id {
+        Some(id) => id.clone(),
+        None => ongi_core::model_id::model_identity(&args.model)
+            .with_context(|| format!("hashing the checkpoint in {}", args.model.display()))?,
+    };
+    let decode_workers = args.decode_workers.unwrap_or(compute.threads).max(1);
+    let decode_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(decode_workers)
+        .thread_name(|i| format!("ongi-decode-{i}"))
+        .build()?;
+    let batcher = Batcher::spawn(
+        ClipImageEncoder::new(model.clone()),
+        BatcherConfig {
+            max_batch_size: args.batch_size,
+            max_wait: Duration::from_millis(args.max_batch_wait_ms),
+            queue_capacity: args.queue_capacity,
+        },
+    )?;
+    let source = ImageSource::from_spec(images, SourceLimits::default())
+        .with_context(|| format!("opening the image source {images}"))?;
+    let source_description = source.describe();
+    let store = ongi_core::store::open_store(&args.store, args.cache_ttl.map(Duration::from_secs))
+        .await
+        .with_context(|| format!("opening the feature store {}", args.store))?;
+
+    let config = match &analysis.analysis_config {
+        Some(path) => AnalysisConfig::from_file(path)?,
+        None => AnalysisConfig::default(),
+    };
+    let vision = &model.config().vision;
+    let quality = config
+        .quality
+        .unwrap_or_else(|| QualityConfig::for_vision_tower(vision.hidden_size, vision.patch_size));
+    let taxonomy = match &analysis.taxonomy {
+        Some(path) => Taxonomy::from_file(path)?,
+        None => Taxonomy::builtin()?,
+    };
+    let score_head = analysis
+        .score_head
+        .as_deref()
+        .map(ScoreHead::from_file)
+        .transpose()?;
+    let text = ClipTextEncoder::new(model.clone(), ClipTokenizer::from_model_dir(&args.model)?);
+    let analyzer = Analyzer::prepare(
+        config,
+        quality,
+        taxonomy,
+        score_head,
+        &text,
+        store.as_ref(),
+        &model_id,
+    )
+    .await?;
+
+    tracing::info!(
+        model = %args.model.display(),
+        model_id = %model_id,
+        images = %source_description,
+        store = %store.describe(),
+        threads = compute.threads,
+        decode_workers,
+        batch_size = args.batch_size,
+        "pipeline ready"
+    );
+    let embedding = EmbeddingService::new(
+        Arc::new(source),
+        store.clone(),
+        batcher,
+        Arc::new(decode_pool),
+        Arc::new(preprocess),
+        model_id,
+        &PipelineConfig {
+            max_concurrent_fetches: args.max_concurrent_fetches,
+        },
+    );
+    Ok(Pipeline {
+        embedding,
+        analyzer,
+        store,
+        source_description,
+    })
+}
+
+/// A multi-threaded tokio runtime for the HTTP side; compute runs on its own threads.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ongi-io")
+        .build()?)
+}
+
+impl PipelineArgs {
+    /// Resolves compute settings (sizes the global compute pool).
+    pub fn resolve_compute(&self) -> Result<Compute> {
+        self.compute.resolve()
+    }
+}
