@@ -16,6 +16,7 @@
 
 mod config;
 mod decode;
+mod jpeg;
 pub mod resize;
 
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ use image::RgbImage;
 pub use config::{
     PreprocessConfig, Resample, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PREPROCESSOR_CONFIG_FILE,
 };
-pub use decode::decode_image;
+pub use decode::{decode_image, decode_image_with_limit, DEFAULT_MAX_PIXELS};
 
 /// Why an image or a preprocessing configuration could not be used.
 #[derive(Debug, thiserror::Error)]

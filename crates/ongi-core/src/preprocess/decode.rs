@@ -1,22 +1,44 @@
 //! Image bytes → upright 8-bit RGB, the way the reference pipeline
 //! (`PIL.Image.open` → `ImageOps.exif_transpose` → `convert("RGB")`) sees them.
+//!
+//! JPEGs go through libjpeg-turbo's decoder, the one PIL uses (see `jpeg.rs`);
+//! PNG and WebP through the `image` crate, whose lossless output is PIL's.
 
 use std::io::Cursor;
 
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
+use super::jpeg::decode_jpeg;
 use super::PreprocessError;
 
-/// Formats this build decodes (the `image` features enabled in the workspace).
+/// Formats this build decodes (JPEG here, PNG and WebP through `image`'s features).
 const SUPPORTED: &[ImageFormat] = &[ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP];
+
+/// Largest image, in pixels (width × height as its header declares them), that
+/// [`decode_image`] decodes: 100 MP covers full-resolution photos from nearly all
+/// cameras and phones (not 200 MP phone modes) while the decoded RGB buffer stays
+/// at 300 MB. Pillow warns above 89 MP and refuses above 179 MP.
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
+/// Widest sample `image` decodes PNG/WebP to (RGBA16): bounds its allocations.
+const MAX_BYTES_PER_PIXEL: u64 = 8;
 
 /// Sniffs the format from the leading bytes, decodes, applies the EXIF orientation,
 /// and converts to RGB8 like PIL's `convert("RGB")`.
 ///
-/// Decoding uses `image`'s default limits (at most 512 MiB per allocation), so a
-/// decompression bomb is an error rather than an out-of-memory abort.
+/// Images declaring more than [`DEFAULT_MAX_PIXELS`] pixels are refused before
+/// anything is allocated for them (see [`decode_image_with_limit`]).
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, PreprocessError> {
+    decode_image_with_limit(bytes, DEFAULT_MAX_PIXELS)
+}
+
+/// [`decode_image`] with a caller-chosen cap on width × height.
+///
+/// The cap is checked against the dimensions in the file's header, before any
+/// pixel buffer exists, so a small file claiming a huge image (a decompression
+/// bomb) fails fast with [`PreprocessError::Decode`] instead of exhausting memory.
+pub fn decode_image_with_limit(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessError> {
     let format = image::guess_format(bytes)
         .map_err(|_| PreprocessError::UnrecognizedFormat { len: bytes.len() })?;
     if !SUPPORTED.contains(&format) {
@@ -24,12 +46,29 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, PreprocessError> {
             format: format_name(format),
         });
     }
+    if format == ImageFormat::Jpeg {
+        return decode_jpeg(bytes, max_pixels);
+    }
     let name = format_name(format);
     let decode_err = |e: ImageError| map_image_error(name.clone(), e);
 
-    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_decoder()
-        .map_err(decode_err)?;
+    // No single allocation beyond what the largest allowed image needs at the
+    // widest sample type; the pixel count itself is checked from the header below.
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL));
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(PreprocessError::Decode {
+            format: name,
+            reason: format!(
+                "image is {width}x{height} = {pixels} pixels, more than the limit of {max_pixels}"
+            ),
+        });
+    }
     // PIL's exif_transpose silently leaves an image alone when its EXIF block is
     // unreadable, so a broken EXIF block must not fail an otherwise good image.
     let orientation = decoder.orientation().unwrap_or_else(|e| {
