@@ -214,6 +214,9 @@ fn run_batch(encoder: &mut impl ImageEncoder, batch: Vec<Job>, reserved: &Atomic
     let inputs: Vec<&[f32]> = batch.iter().map(|j| j.pixels.as_slice()).collect();
     let result = encoder.encode(&inputs);
     let embed_time = started.elapsed();
+    // Free the queue room before answering, so a caller that sees its result
+    // also sees the room released.
+    release(reserved, n);
     let mut requests: Vec<u64> = batch.iter().map(|j| j.request).collect();
     requests.sort_unstable();
     requests.dedup();
@@ -246,7 +249,6 @@ fn run_batch(encoder: &mut impl ImageEncoder, batch: Vec<Job>, reserved: &Atomic
             }
         }
     }
-    release(reserved, n);
 }
 
 #[cfg(test)]

@@ -64,7 +64,8 @@ pub struct StageStats {
 
 impl StageStats {
     fn of(samples: impl Iterator<Item = Duration>) -> Self {
-        let (mut n, mut total, mut min, mut max) = (0u32, Duration::ZERO, Duration::MAX, Duration::ZERO);
+        let (mut n, mut total, mut min, mut max) =
+            (0u32, Duration::ZERO, Duration::MAX, Duration::ZERO);
         for d in samples {
             n += 1;
             total += d;
@@ -248,7 +249,11 @@ impl EmbeddingService {
     }
 
     /// One photo through load, decode, preprocess and the model.
-    async fn process(&self, key: &str, slot: Slot) -> Result<(FeatureRecord, ImageTimings), String> {
+    async fn process(
+        &self,
+        key: &str,
+        slot: Slot,
+    ) -> Result<(FeatureRecord, ImageTimings), String> {
         let started = Instant::now();
         let bytes = {
             let _permit = self

@@ -57,7 +57,12 @@ fn top_tags(sims: &[f32], cfg: &CategoriesConfig) -> Vec<(usize, f32)> {
 
 /// Step 2: representativeness of every tag over `images`: the sum of its scores
 /// in the images' top tags plus `bonus` × the sum of those above τ.
-fn representativeness(top: &[Vec<(usize, f32)>], images: &[usize], n_tags: usize, cfg: &CategoriesConfig) -> Vec<f32> {
+fn representativeness(
+    top: &[Vec<(usize, f32)>],
+    images: &[usize],
+    n_tags: usize,
+    cfg: &CategoriesConfig,
+) -> Vec<f32> {
     let mut r = vec![0.0f32; n_tags];
     for &i in images {
         for &(t, s) in &top[i] {
@@ -100,13 +105,21 @@ pub fn categorize(sims: &[Vec<f32>], n_tags: usize, cfg: &CategoriesConfig) -> V
     // 3. each image to the first of its top tags that is representative, else other
     let mut assigned: Vec<Option<usize>> = top
         .iter()
-        .map(|tags| tags.iter().map(|&(t, _)| t).find(|t| representative.contains(t)))
+        .map(|tags| {
+            tags.iter()
+                .map(|&(t, _)| t)
+                .find(|t| representative.contains(t))
+        })
         .collect();
     // 4. per group, recompute the representative tag over its images; where it
     //    differs, move each image to it if it is among the image's top tags, else to other
     let groups_before = assigned.clone();
     for &tag in &representative {
-        let members: Vec<usize> = all.iter().copied().filter(|&i| groups_before[i] == Some(tag)).collect();
+        let members: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| groups_before[i] == Some(tag))
+            .collect();
         if members.is_empty() {
             continue;
         }
@@ -122,7 +135,12 @@ pub fn categorize(sims: &[Vec<f32>], n_tags: usize, cfg: &CategoriesConfig) -> V
     }
     // group in the documented order
     let mut order: Vec<usize> = representative.clone();
-    let mut introduced: Vec<usize> = assigned.iter().flatten().copied().filter(|t| !representative.contains(t)).collect();
+    let mut introduced: Vec<usize> = assigned
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|t| !representative.contains(t))
+        .collect();
     introduced.sort_unstable();
     introduced.dedup();
     order.extend(introduced);
@@ -130,12 +148,20 @@ pub fn categorize(sims: &[Vec<f32>], n_tags: usize, cfg: &CategoriesConfig) -> V
         .into_iter()
         .map(|t| Group {
             tag: Some(t),
-            images: all.iter().copied().filter(|&i| assigned[i] == Some(t)).collect(),
+            images: all
+                .iter()
+                .copied()
+                .filter(|&i| assigned[i] == Some(t))
+                .collect(),
         })
         .collect();
     groups.push(Group {
         tag: None,
-        images: all.iter().copied().filter(|&i| assigned[i].is_none()).collect(),
+        images: all
+            .iter()
+            .copied()
+            .filter(|&i| assigned[i].is_none())
+            .collect(),
     });
     groups.retain(|g| !g.images.is_empty());
     groups
@@ -180,9 +206,18 @@ mod tests {
         assert_eq!(
             groups,
             vec![
-                Group { tag: Some(B), images: vec![0, 1] },
-                Group { tag: Some(C), images: vec![3, 4, 5] },
-                Group { tag: None, images: vec![2, 6] },
+                Group {
+                    tag: Some(B),
+                    images: vec![0, 1]
+                },
+                Group {
+                    tag: Some(C),
+                    images: vec![3, 4, 5]
+                },
+                Group {
+                    tag: None,
+                    images: vec![2, 6]
+                },
             ]
         );
     }
@@ -205,9 +240,18 @@ mod tests {
         assert_eq!(
             groups,
             vec![
-                Group { tag: Some(B), images: vec![2] },
-                Group { tag: Some(A), images: vec![0] },
-                Group { tag: None, images: vec![1] },
+                Group {
+                    tag: Some(B),
+                    images: vec![2]
+                },
+                Group {
+                    tag: Some(A),
+                    images: vec![0]
+                },
+                Group {
+                    tag: None,
+                    images: vec![1]
+                },
             ]
         );
     }
@@ -216,7 +260,11 @@ mod tests {
     fn every_image_exactly_once_and_empty_album() {
         assert!(categorize(&[], 3, &CategoriesConfig::default()).is_empty());
         let sims: Vec<Vec<f32>> = (0..20)
-            .map(|i| (0..7).map(|t| ((i * 7 + t * 3) % 11) as f32 / 20.0).collect())
+            .map(|i| {
+                (0..7)
+                    .map(|t| ((i * 7 + t * 3) % 11) as f32 / 20.0)
+                    .collect()
+            })
             .collect();
         let groups = categorize(&sims, 7, &CategoriesConfig::default());
         let mut seen: Vec<usize> = groups.iter().flat_map(|g| g.images.clone()).collect();

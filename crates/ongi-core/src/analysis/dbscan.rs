@@ -10,7 +10,11 @@
 /// `neighbours(i, j)` must be symmetric; a point is its own neighbour.
 /// A point is core when it has at least `min_samples` neighbours (itself
 /// included), exactly as scikit-learn counts them.
-pub fn dbscan(n: usize, min_samples: usize, neighbours: impl Fn(usize, usize) -> bool) -> Vec<Option<usize>> {
+pub fn dbscan(
+    n: usize,
+    min_samples: usize,
+    neighbours: impl Fn(usize, usize) -> bool,
+) -> Vec<Option<usize>> {
     let adjacency: Vec<Vec<usize>> = (0..n)
         .map(|i| (0..n).filter(|&j| i == j || neighbours(i, j)).collect())
         .collect();
@@ -27,7 +31,12 @@ pub fn dbscan(n: usize, min_samples: usize, neighbours: impl Fn(usize, usize) ->
             if labels[i].is_none() {
                 labels[i] = Some(next);
                 if core[i] {
-                    stack.extend(adjacency[i].iter().copied().filter(|&v| labels[v].is_none()));
+                    stack.extend(
+                        adjacency[i]
+                            .iter()
+                            .copied()
+                            .filter(|&v| labels[v].is_none()),
+                    );
                 }
             }
         }
@@ -60,7 +69,10 @@ mod tests {
     fn known_distance_matrix() {
         let x = [0i32, 5, 12, 40, 48, 100];
         let labels = dbscan(6, 2, |i, j| (x[i] - x[j]).abs() <= 10);
-        assert_eq!(labels, vec![Some(0), Some(0), Some(0), Some(1), Some(1), None]);
+        assert_eq!(
+            labels,
+            vec![Some(0), Some(0), Some(0), Some(1), Some(1), None]
+        );
         assert_eq!(clusters(&labels), vec![vec![0, 1, 2], vec![3, 4]]);
     }
 

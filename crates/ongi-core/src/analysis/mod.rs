@@ -60,7 +60,8 @@ impl AnalysisConfig {
     pub fn from_file(path: &Path) -> Result<Self, AnalysisError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| AnalysisError::Config(format!("{}: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| AnalysisError::Config(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text)
+            .map_err(|e| AnalysisError::Config(format!("{}: {e}", path.display())))
     }
 }
 
@@ -163,7 +164,9 @@ impl Analyzer {
             for (prompt, row) in missing.iter().zip(rows) {
                 let v = normalized(&row);
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                store.put_blob(model_id, &prompt_blob(prompt), &bytes).await?;
+                store
+                    .put_blob(model_id, &prompt_blob(prompt), &bytes)
+                    .await?;
                 prompts.insert(prompt.to_string(), v);
             }
         }
@@ -204,7 +207,10 @@ impl Analyzer {
     pub fn duplicates(&self, records: &[(String, FeatureRecord)]) -> Vec<Vec<String>> {
         let cfg = &self.config.duplicates;
         let embeddings: Vec<Vec<f32>> = match cfg.clip_cosine {
-            Some(_) => records.iter().map(|(_, r)| normalized(&r.embedding)).collect(),
+            Some(_) => records
+                .iter()
+                .map(|(_, r)| normalized(&r.embedding))
+                .collect(),
             None => Vec::new(),
         };
         let labels = dbscan::dbscan(records.len(), cfg.min_samples, |i, j| {
@@ -274,8 +280,13 @@ impl Analyzer {
         Ok(categories::categorize(&sims, tags.len(), cfg)
             .into_iter()
             .map(|g| {
-                let name = g.tag.map_or_else(|| cfg.other_name.clone(), |t| tags[t].name.clone());
-                (name, g.images.into_iter().map(|i| records[i].0.clone()).collect())
+                let name = g
+                    .tag
+                    .map_or_else(|| cfg.other_name.clone(), |t| tags[t].name.clone());
+                (
+                    name,
+                    g.images.into_iter().map(|i| records[i].0.clone()).collect(),
+                )
             })
             .collect())
     }

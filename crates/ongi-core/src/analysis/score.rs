@@ -7,7 +7,10 @@ pub const AESTHETIC_PROMPTS: [(&str, &str); 4] = [
     ("a beautiful photo", "an ugly photo"),
     ("a high quality photo", "a low quality photo"),
     ("a well composed photo", "a badly composed photo"),
-    ("a stunning professional photograph", "a dull amateur snapshot"),
+    (
+        "a stunning professional photograph",
+        "a dull amateur snapshot",
+    ),
 ];
 
 /// CLIP's logit scale (exp of the trained `logit_scale`, capped at 100): sharpens
@@ -64,7 +67,8 @@ impl ScoreHead {
             path: shown.clone(),
             source,
         })?;
-        let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let tensors =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
         // Layer prefixes ordered by their numeric index ("layers.0" < "layers.2" < "layers.10").
         let mut prefixes: Vec<String> = tensors
             .names()
@@ -72,7 +76,11 @@ impl ScoreHead {
             .filter_map(|n| n.strip_suffix("weight").map(str::to_string))
             .collect();
         prefixes.sort_by_key(|p| {
-            let index: Option<u64> = p.trim_end_matches('.').rsplit('.').next().and_then(|s| s.parse().ok());
+            let index: Option<u64> = p
+                .trim_end_matches('.')
+                .rsplit('.')
+                .next()
+                .and_then(|s| s.parse().ok());
             (index, p.clone())
         });
         if prefixes.is_empty() {
@@ -82,23 +90,34 @@ impl ScoreHead {
         for prefix in prefixes {
             let weight_name = format!("{prefix}weight");
             let bias_name = format!("{prefix}bias");
-            let weight = tensors.tensor(&weight_name).map_err(|e| invalid(e.to_string()))?;
+            let weight = tensors
+                .tensor(&weight_name)
+                .map_err(|e| invalid(e.to_string()))?;
             let shape = weight.shape().to_vec();
             let (outputs, inputs) = match shape.as_slice() {
                 [o, i] => (*o, *i),
                 [i] => (1, *i),
-                _ => return Err(invalid(format!("{weight_name} has shape {shape:?}, expected [out, in]"))),
+                _ => {
+                    return Err(invalid(format!(
+                        "{weight_name} has shape {shape:?}, expected [out, in]"
+                    )))
+                }
             };
             let bias = match tensors.tensor(&bias_name) {
                 Ok(b) => to_f32(&b).map_err(|r| invalid(format!("{bias_name}: {r}")))?,
                 Err(_) => vec![0.0; outputs],
             };
             if bias.len() != outputs {
-                return Err(invalid(format!("{bias_name} has {} values, expected {outputs}", bias.len())));
+                return Err(invalid(format!(
+                    "{bias_name} has {} values, expected {outputs}",
+                    bias.len()
+                )));
             }
             if let Some(prev) = layers.last().map(|l: &Linear| l.outputs) {
                 if prev != inputs {
-                    return Err(invalid(format!("{weight_name} takes {inputs} inputs but the previous layer gives {prev}")));
+                    return Err(invalid(format!(
+                        "{weight_name} takes {inputs} inputs but the previous layer gives {prev}"
+                    )));
                 }
             }
             layers.push(Linear {
@@ -138,7 +157,10 @@ fn to_f32(t: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>, String> {
     use safetensors::Dtype;
     let data = t.data();
     Ok(match t.dtype() {
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F16 => data
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -174,11 +196,23 @@ mod tests {
     fn write_head(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
             .iter()
-            .map(|(n, s, v)| (n.to_string(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .map(|(n, s, v)| {
+                (
+                    n.to_string(),
+                    s.clone(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            })
             .collect();
         let views: HashMap<String, safetensors::tensor::TensorView<'_>> = bytes
             .iter()
-            .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                        .unwrap(),
+                )
+            })
             .collect();
         safetensors::serialize_to_file(views, None, path).unwrap();
     }
@@ -187,7 +221,13 @@ mod tests {
     fn linear_and_mlp_heads() {
         let dir = tempfile::tempdir().unwrap();
         let linear = dir.path().join("linear.safetensors");
-        write_head(&linear, &[("weight", vec![1, 3], vec![1.0, 2.0, 3.0]), ("bias", vec![1], vec![0.5])]);
+        write_head(
+            &linear,
+            &[
+                ("weight", vec![1, 3], vec![1.0, 2.0, 3.0]),
+                ("bias", vec![1], vec![0.5]),
+            ],
+        );
         let head = ScoreHead::from_file(&linear).unwrap();
         assert_eq!(head.input_dim(), 3);
         assert!((head.score(&[1.0, 0.0, 1.0]) - 4.5).abs() < 1e-6);
@@ -197,7 +237,11 @@ mod tests {
         write_head(
             &mlp,
             &[
-                ("layers.0.weight", vec![2, 3], vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+                (
+                    "layers.0.weight",
+                    vec![2, 3],
+                    vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                ),
                 ("layers.0.bias", vec![2], vec![0.0, 1.0]),
                 ("layers.2.weight", vec![1, 2], vec![2.0, 3.0]),
                 ("layers.2.bias", vec![1], vec![-1.0]),
@@ -212,14 +256,20 @@ mod tests {
     fn bad_heads_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none.safetensors");
-        assert!(ScoreHead::from_file(&missing).unwrap_err().to_string().contains("none.safetensors"));
+        assert!(ScoreHead::from_file(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("none.safetensors"));
         let junk = dir.path().join("junk.safetensors");
         std::fs::write(&junk, b"not safetensors").unwrap();
         assert!(ScoreHead::from_file(&junk).is_err());
         let mismatched = dir.path().join("mismatch.safetensors");
         write_head(
             &mismatched,
-            &[("layers.0.weight", vec![2, 3], vec![0.0; 6]), ("layers.1.weight", vec![1, 4], vec![0.0; 4])],
+            &[
+                ("layers.0.weight", vec![2, 3], vec![0.0; 6]),
+                ("layers.1.weight", vec![1, 4], vec![0.0; 4]),
+            ],
         );
         let err = ScoreHead::from_file(&mismatched).unwrap_err().to_string();
         assert!(err.contains("layers.1.weight"), "{err}");
