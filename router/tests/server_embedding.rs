@@ -188,3 +188,41 @@ async fn s3_source() {
     );
     replay_client_flow(&server, &photo_names()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_503_with_retry_after() {
+    let photos = photo_dir();
+    let store = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let server = OngiServer::start(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--images",
+            photos.path().to_str().unwrap(),
+            "--store",
+            &store_path(&store),
+            "--queue-capacity",
+            "4",
+        ],
+        &[],
+    );
+    // More uncached images than the queue can hold: refused at once, nothing embedded.
+    let names = photo_names();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/albums/embedding", server.url))
+        .json(&json!({ "images": names }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["message"], "service_unavailable");
+    assert_eq!(server.metric("ongi_images_embedded_total").await, 0.0);
+    // Within capacity it is served.
+    let (status, body) = server
+        .post("/api/albums/embedding", &json!({ "images": &names[..4] }))
+        .await;
+    assert_eq!((status, body["data"].clone()), (201, json!(null)));
+}

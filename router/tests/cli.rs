@@ -1,0 +1,157 @@
+//! `ongi embed` and `ongi analyze` as a user runs them.
+
+mod support;
+
+use std::process::Command;
+
+use support::{fixtures, photo_names, tiny_model};
+
+fn ongi(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn embed_a_directory_reports_bad_files_and_keeps_going() {
+    let model = tiny_model();
+    let photos = fixtures().join("photos");
+    let missing = photos.join("no-such-file.jpg");
+    let (code, stdout, stderr) = ongi(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "5",
+        photos.to_str().unwrap(),
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        code, 1,
+        "any failed input makes the exit status non-zero: {stderr}"
+    );
+    let out = lines(&stdout);
+    // every photo (sorted) plus corrupt.jpg, then the missing file, in input order
+    let mut expected: Vec<String> = photo_names();
+    expected.push("corrupt.jpg".into());
+    expected.sort();
+    let names: Vec<String> = out[..out.len() - 1]
+        .iter()
+        .map(|l| {
+            l["input"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(names, expected);
+    for line in &out {
+        let name = line["input"].as_str().unwrap();
+        if name.ends_with("corrupt.jpg") || name.ends_with("no-such-file.jpg") {
+            assert!(!line["error"].as_str().unwrap().is_empty(), "{line}");
+            assert!(line.get("embedding").is_none());
+        } else {
+            assert_eq!(line["embedding"].as_array().unwrap().len(), 32, "{line}");
+        }
+    }
+}
+
+#[test]
+fn embed_text_normalized_and_exit_zero() {
+    let model = tiny_model();
+    let (code, stdout, stderr) = ongi(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        "--normalize",
+        "a photo of a cat",
+        "가족 여행 사진",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let out = lines(&stdout);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1]["input"], "가족 여행 사진");
+    for line in out {
+        let norm: f64 = line["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap().powi(2))
+            .sum();
+        assert!((norm - 1.0).abs() < 1e-5, "norm² {norm}");
+    }
+}
+
+#[test]
+fn bad_model_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = ongi(&[
+        "embed",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--text",
+        "x",
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("config.json"), "{stderr}");
+}
+
+#[test]
+fn analyze_prints_the_album_report() {
+    let model = tiny_model();
+    let store = tempfile::tempdir().unwrap();
+    let store_file = store.path().join("f.redb");
+    let photos = fixtures().join("photos");
+    let (code, stdout, stderr) = ongi(&[
+        "analyze",
+        "--model",
+        model.to_str().unwrap(),
+        "--store",
+        store_file.to_str().unwrap(),
+        "--concepts",
+        "travel,pets",
+        photos.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["duplicates"].is_array() && report["low_quality"].is_array());
+    assert_eq!(report["failed"][0]["key"], "corrupt.jpg");
+    let mut seen: Vec<String> = report["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| {
+            g["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap().to_owned())
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, photo_names());
+    let scored: usize = report["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["images"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(scored, photo_names().len());
+}
