@@ -51,6 +51,17 @@ pub struct PipelineArgs {
     /// Object fetches in flight at once.
     #[arg(long, env = "ONGI_MAX_CONCURRENT_FETCHES", default_value_t = 64)]
     pub max_concurrent_fetches: usize,
+    /// Largest photo accepted, in bytes; a larger one fails that key only.
+    #[arg(long, env = "ONGI_MAX_IMAGE_BYTES", default_value_t = 50 * 1024 * 1024)]
+    pub max_image_bytes: u64,
+    /// Most pixels (width × height, read from the file's header before decoding)
+    /// a photo may declare; a larger one (e.g. a decompression bomb) fails that key only.
+    #[arg(long, env = "ONGI_MAX_IMAGE_PIXELS", default_value_t = ongi_core::preprocess::DEFAULT_MAX_PIXELS)]
+    pub max_image_pixels: u64,
+    /// Deadline of one embedding request, in seconds (fractions allowed): photos not
+    /// embedded by then fail with "deadline exceeded"; the finished ones are kept.
+    #[arg(long, env = "ONGI_REQUEST_TIMEOUT_SECS", default_value_t = 120.0)]
+    pub request_timeout_secs: f64,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -92,6 +103,13 @@ pub async fn build(
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    if args.max_image_bytes == 0 || args.max_image_pixels == 0 {
+        bail!("--max-image-bytes and --max-image-pixels must be at least 1");
+    }
+    let request_timeout = Duration::try_from_secs_f64(args.request_timeout_secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--request-timeout-secs must be a positive number of seconds")?;
     let model = Arc::new(
         ClipModel::load(&args.model, &compute.device, compute.dtype)
             .with_context(|| format!("loading the model from {}", args.model.display()))?,
@@ -123,7 +141,11 @@ pub async fn build(
             queue_capacity: args.queue_capacity,
         },
     )?;
-    let source = ImageSource::from_spec(images, SourceLimits::default())
+    let source_limits = SourceLimits {
+        max_bytes: args.max_image_bytes,
+        ..SourceLimits::default()
+    };
+    let source = ImageSource::from_spec(images, source_limits)
         .with_context(|| format!("opening the image source {images}"))?;
     let source_description = source.describe();
     let store = ongi_core::store::open_store(&args.store, args.cache_ttl.map(Duration::from_secs))
@@ -178,6 +200,8 @@ pub async fn build(
         model_id,
         &PipelineConfig {
             max_concurrent_fetches: args.max_concurrent_fetches,
+            max_pixels: args.max_image_pixels,
+            request_timeout: Some(request_timeout),
         },
     );
     Ok(Pipeline {

@@ -122,6 +122,8 @@ pub struct EmbeddingService {
     preprocess: Arc<PreprocessConfig>,
     model_id: String,
     fetch_permits: Arc<Semaphore>,
+    max_pixels: u64,
+    request_timeout: Option<Duration>,
 }
 
 /// Settings of the pipeline besides its parts.
@@ -129,6 +131,22 @@ pub struct EmbeddingService {
 pub struct PipelineConfig {
     /// Object fetches in flight at once across all requests.
     pub max_concurrent_fetches: usize,
+    /// Most pixels a photo may declare in its header (decompression-bomb guard,
+    /// see [`preprocess::decode_image_with_limit`]).
+    pub max_pixels: u64,
+    /// Deadline of one [`EmbeddingService::embed`] call: photos not embedded by
+    /// then fail with "deadline exceeded" and the finished ones are kept.
+    pub request_timeout: Option<Duration>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_fetches: 64,
+            max_pixels: preprocess::DEFAULT_MAX_PIXELS,
+            request_timeout: None,
+        }
+    }
 }
 
 impl EmbeddingService {
@@ -150,6 +168,8 @@ impl EmbeddingService {
             preprocess,
             model_id,
             fetch_permits: Arc::new(Semaphore::new(config.max_concurrent_fetches.max(1))),
+            max_pixels: config.max_pixels,
+            request_timeout: config.request_timeout,
         }
     }
 
@@ -201,12 +221,29 @@ impl EmbeddingService {
             .batcher
             .reserve(missing.len())
             .map_err(|_| EmbedError::Busy)?;
-        let results = futures_util::future::join_all(
-            missing
-                .iter()
-                .zip(slots)
-                .map(|(key, slot)| self.process(key, slot)),
-        )
+        // The deadline runs from the start of the request; an image still in
+        // flight then is dropped (its queue slot is released) and reported failed.
+        let deadline = self
+            .request_timeout
+            .map(|t| tokio::time::Instant::from_std(started) + t);
+        let results = futures_util::future::join_all(missing.iter().zip(slots).map(
+            |(key, slot)| async move {
+                let work = self.process(key, slot);
+                match deadline {
+                    None => work.await,
+                    Some(deadline) => match tokio::time::timeout_at(deadline, work).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            metrics::counter!("ongi_images_deadline_exceeded_total").increment(1);
+                            Err(format!(
+                                "deadline exceeded: not embedded within the request timeout of {:.3} s",
+                                self.request_timeout.unwrap_or_default().as_secs_f64()
+                            ))
+                        }
+                    },
+                }
+            },
+        ))
         .await;
 
         let mut failed = Vec::new();
@@ -268,10 +305,11 @@ impl EmbeddingService {
         // Decoding is CPU work: it runs on the bounded decode pool, never on
         // the async runtime's threads.
         let cfg = self.preprocess.clone();
+        let max_pixels = self.max_pixels;
         let (tx, rx) = oneshot::channel();
         self.decode_pool.spawn(move || {
             let t = Instant::now();
-            let out = preprocess::decode_image(&bytes).map(|img| {
+            let out = preprocess::decode_image_with_limit(&bytes, max_pixels).map(|img| {
                 let decode = t.elapsed();
                 let t = Instant::now();
                 let pixels = preprocess::preprocess(&img, &cfg);

@@ -132,6 +132,8 @@ pub struct HealthResponse {
 pub enum ApiError {
     /// 400 `invalid_request` with a reason.
     InvalidRequest(String),
+    /// 403 `unauthorized_server`: missing or wrong API key.
+    Unauthorized,
     /// 428 `embedding_required` with the keys lacking cached features.
     EmbeddingRequired(Vec<String>),
     /// 500 `internal_server_error` (the cause is logged, not returned).
@@ -147,6 +149,11 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 serde_json::Value::String(reason),
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::FORBIDDEN,
+                "unauthorized_server",
+                serde_json::Value::Null,
             ),
             ApiError::EmbeddingRequired(keys) => (
                 StatusCode::PRECONDITION_REQUIRED,

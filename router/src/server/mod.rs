@@ -1,18 +1,23 @@
 //! `ongi serve`: the HTTP server, a drop-in for the original AI server.
 
 mod api;
+mod auth;
+mod limits;
 mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use utoipa::OpenApi;
 
 use crate::pipeline::{self, AnalysisArgs, Pipeline, PipelineArgs};
+use auth::{ApiKey, ApiKeys};
+use limits::LimitArgs;
 
 /// Arguments of `ongi serve`; every flag also reads an `ONGI_*` variable.
 #[derive(clap::Args, Debug)]
@@ -23,6 +28,18 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "ONGI_BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
+    /// Key required on every `/api/*` request (`Authorization: Bearer KEY` or
+    /// `X-API-Key: KEY`); repeat the flag, or separate keys with commas, to accept
+    /// several during a rotation. Unset: no authentication.
+    #[arg(
+        long = "api-key",
+        env = "ONGI_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<ApiKey>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     #[command(flatten)]
@@ -33,6 +50,8 @@ pub struct ServeArgs {
 pub struct AppState {
     pipeline: Pipeline,
     prometheus: PrometheusHandle,
+    limits: LimitArgs,
+    api_keys: Arc<ApiKeys>,
 }
 
 #[derive(OpenApi)]
@@ -68,6 +87,16 @@ fn install_metrics() -> Result<PrometheusHandle> {
 
 /// Runs the server until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> Result<()> {
+    args.limits.validate()?;
+    let api_keys = Arc::new(ApiKeys::new(&args.api_keys));
+    if api_keys.enabled() {
+        tracing::info!(
+            keys = api_keys.len(),
+            "API key authentication on for /api/*"
+        );
+    } else {
+        tracing::warn!("no --api-key set: /api/* is open to anyone who can reach the server");
+    }
     let compute = args.pipeline.resolve_compute()?;
     let prometheus = install_metrics()?;
     pipeline::runtime()?.block_on(async move {
@@ -77,6 +106,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let state = Arc::new(AppState {
             pipeline,
             prometheus,
+            limits: args.limits.clone(),
+            api_keys,
         });
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
@@ -91,17 +122,28 @@ pub fn run(args: ServeArgs) -> Result<()> {
     })
 }
 
-/// All routes.
+/// All routes: `/api/*` behind the API-key check (when keys are set) and the
+/// body-size limit; health, metrics and the OpenAPI document open.
 fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut api = Router::new()
         .route("/api/albums/embedding", post(routes::embedding))
         .route("/api/albums/duplicates", post(routes::duplicates))
         .route("/api/albums/quality", post(routes::quality))
         .route("/api/albums/categories", post(routes::categories))
-        .route("/api/albums/score", post(routes::score))
+        .route("/api/albums/score", post(routes::score));
+    if state.api_keys.enabled() {
+        api = api.route_layer(axum::middleware::from_fn_with_state(
+            state.api_keys.clone(),
+            auth::require_api_key,
+        ));
+    }
+    let max_body = state.limits.max_body_bytes;
+    Router::new()
+        .merge(api)
         .route("/health/info", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .route("/openapi.json", get(routes::openapi))
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +16,7 @@ use super::api::{
     DuplicatesResponse, EmbeddingResponse, HealthResponse, ImageScore, ImagesRequest,
     QualityResponse, ScoreRequest, ScoreResponse,
 };
+use super::limits::{check_image_count, JsonBody};
 use super::AppState;
 
 const SUCCESS: &str = "success";
@@ -73,16 +73,18 @@ fn observe(route: &'static str, started: Instant, images: usize) {
     request_body = ImagesRequest,
     responses(
         (status = 201, description = "All photos embedded (`data` null), or the keys that failed", body = EmbeddingResponse),
-        (status = 400, description = "Empty list or malformed body", body = api::ErrorResponse),
+        (status = 400, description = "Empty list or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
+        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 500, description = "Feature store failure", body = api::ErrorResponse),
         (status = 503, description = "Inference queue full; see Retry-After", body = api::ErrorResponse),
     )
 )]
 pub async fn embedding(
     State(app): State<Arc<AppState>>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     let request: ImagesRequest = api::parse_body(&body)?;
+    check_image_count(request.images.len(), app.limits.max_images)?;
     let keys = api::unique_images(&request.images)?;
     let report = app
         .pipeline
@@ -109,15 +111,17 @@ pub async fn embedding(
     request_body = ImagesRequest,
     responses(
         (status = 201, description = "Duplicate groups (singletons omitted)", body = DuplicatesResponse),
-        (status = 400, description = "Empty list or malformed body", body = api::ErrorResponse),
+        (status = 400, description = "Empty list or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
+        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 503, description = "Inference queue full; see Retry-After", body = api::ErrorResponse),
     )
 )]
 pub async fn duplicates(
     State(app): State<Arc<AppState>>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     let request: ImagesRequest = api::parse_body(&body)?;
+    check_image_count(request.images.len(), app.limits.max_images)?;
     let keys = api::unique_images(&request.images)?;
     // The original loaded pixels here; ongi embeds only what the cache lacks.
     let report = app
@@ -157,12 +161,17 @@ pub async fn duplicates(
     request_body = ImagesRequest,
     responses(
         (status = 201, description = "Keys of low-quality photos", body = QualityResponse),
-        (status = 400, description = "Empty list or malformed body", body = api::ErrorResponse),
+        (status = 400, description = "Empty list or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
+        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
     )
 )]
-pub async fn quality(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn quality(
+    State(app): State<Arc<AppState>>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
     let request: ImagesRequest = api::parse_body(&body)?;
+    check_image_count(request.images.len(), app.limits.max_images)?;
     let keys = api::unique_images(&request.images)?;
     let started = Instant::now();
     let records = cached_records(&app, &keys).await?;
@@ -181,15 +190,17 @@ pub async fn quality(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Re
     request_body = CategoriesRequest,
     responses(
         (status = 201, description = "Groups; every requested key exactly once", body = CategoriesResponse),
-        (status = 400, description = "Empty list, malformed body or unknown concept", body = api::ErrorResponse),
+        (status = 400, description = "Empty list, malformed body or unknown concept, too many images or body over the size limit", body = api::ErrorResponse),
+        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
     )
 )]
 pub async fn categories(
     State(app): State<Arc<AppState>>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     let request: CategoriesRequest = api::parse_body(&body)?;
+    check_image_count(request.images.len(), app.limits.max_images)?;
     let keys = api::unique_images(&request.images)?;
     let concepts = request.concepts.unwrap_or_default();
     let started = Instant::now();
@@ -222,17 +233,19 @@ pub async fn categories(
     request_body = ScoreRequest,
     responses(
         (status = 201, description = "One score per requested image, in request order", body = ScoreResponse),
-        (status = 400, description = "Empty or malformed body", body = api::ErrorResponse),
+        (status = 400, description = "Empty or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
+        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
     )
 )]
-pub async fn score(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn score(State(app): State<Arc<AppState>>, body: JsonBody) -> Result<Response, ApiError> {
     let request: ScoreRequest = api::parse_body(&body)?;
     let all: Vec<String> = request
         .categories
         .iter()
         .flat_map(|c| c.images.iter().cloned())
         .collect();
+    check_image_count(all.len(), app.limits.max_images)?;
     let keys = api::unique_images(&all)
         .map_err(|_| ApiError::InvalidRequest("categories must hold at least one image".into()))?;
     let started = Instant::now();

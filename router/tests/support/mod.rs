@@ -140,6 +140,24 @@ impl OngiServer {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
+    /// POSTs `body` as JSON with extra request headers; returns the status and the body text.
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let resp = request.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
     /// GETs a path; returns the status and the body text.
     pub async fn get(&self, path: &str) -> (u16, String) {
         let resp = reqwest::get(format!("{}{path}", self.url)).await.unwrap();
