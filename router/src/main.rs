@@ -1,6 +1,7 @@
 //! `ongi`: CLIP photo-album analysis server and command line.
 
 mod analyze;
+mod bench;
 mod compute;
 mod embed;
 mod inputs;
@@ -30,6 +31,8 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Run the HTTP server (the original AI server's contract).
     Serve(server::ServeArgs),
+    /// Time the image tower (or, with --preprocess, decode + preprocess) per batch size and thread count.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Command::Embed(args) => embed::run(args),
         Command::Analyze(args) => analyze::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Serve(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(args).map(|()| std::process::ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,177 @@
+//! `ongi bench` end to end on the tiny fixture model: output structure only,
+//! never timing values (they depend on the machine and its load).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run_json(args: &[&str]) -> Vec<serde_json::Map<String, Value>> {
+    let root = repo_root();
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
+        .current_dir(&root)
+        .arg("bench")
+        .arg("--model")
+        .arg(root.join("tests/fixtures/tiny-clip"))
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("running ongi bench");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "status {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    stdout
+        .lines()
+        .map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(map)) => map,
+            other => panic!("not a JSON object line: {line:?} ({other:?})"),
+        })
+        .collect()
+}
+
+fn number(obj: &serde_json::Map<String, Value>, key: &str) -> f64 {
+    let v = obj
+        .get(key)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {obj:?}"));
+    assert!(v.is_finite(), "{key} = {v} in {obj:?}");
+    v
+}
+
+#[test]
+fn bench_json_prints_one_line_per_setting() {
+    let lines = run_json(&[
+        "--batch-sizes",
+        "1,2",
+        "--threads",
+        "1",
+        "--images",
+        "4",
+        "--warmup",
+        "1",
+    ]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, batch) in lines.iter().zip([1, 2]) {
+        for key in [
+            "batch_size",
+            "threads",
+            "images",
+            "images_per_sec",
+            "ms_per_image",
+            "cpu_avg_pct",
+            "cpu_peak_pct",
+            "peak_rss_mb",
+        ] {
+            number(line, key);
+        }
+        assert_eq!(line["batch_size"], batch);
+        assert_eq!(line["threads"], 1);
+        // 4 images in whole batches of 1 or 2.
+        assert_eq!(line["images"], 4);
+        assert!(number(line, "images_per_sec") > 0.0);
+        assert!(number(line, "ms_per_image") > 0.0);
+        assert!(number(line, "peak_rss_mb") > 0.0);
+        // CPU time ticks every 10 ms: a loop this short may read 0 %.
+        assert!(number(line, "cpu_avg_pct") >= 0.0);
+        assert!(number(line, "cpu_peak_pct") >= 0.0);
+    }
+}
+
+#[test]
+fn bench_json_covers_every_thread_count() {
+    let lines = run_json(&[
+        "--batch-sizes",
+        "2",
+        "--threads",
+        "1,2",
+        "--images",
+        "2",
+        "--warmup",
+        "0",
+    ]);
+    let settings: Vec<(u64, u64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["threads"].as_u64().unwrap(),
+                l["batch_size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(settings, [(1, 2), (2, 2)]);
+}
+
+#[test]
+fn bench_preprocess_reports_decode_throughput() {
+    let photos = repo_root().join("tests/fixtures/photos");
+    let a = photos.join("landscape_dune.jpg");
+    let b = photos.join("rgb_garden.png");
+    let lines = run_json(&[
+        "--images",
+        "3",
+        "--warmup",
+        "1",
+        "--preprocess",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["mode"], "preprocess");
+    assert_eq!(line["files"], 2);
+    assert_eq!(line["images"], 3);
+    assert!(number(line, "images_per_sec") > 0.0);
+    assert!(number(line, "ms_per_image") > 0.0);
+    assert!(number(line, "peak_rss_mb") > 0.0);
+    assert!(number(line, "cpu_avg_pct") >= 0.0);
+    assert!(number(line, "cpu_peak_pct") >= 0.0);
+}
+
+#[test]
+fn bench_preprocess_rejects_an_undecodable_file() {
+    let root = repo_root();
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
+        .arg("bench")
+        .arg("--model")
+        .arg(root.join("tests/fixtures/tiny-clip"))
+        .arg("--preprocess")
+        .arg(root.join("tests/fixtures/photos/corrupt.jpg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt.jpg"));
+}
+
+#[test]
+fn bench_table_has_a_row_per_setting() {
+    let root = repo_root();
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
+        .arg("bench")
+        .arg("--model")
+        .arg(root.join("tests/fixtures/tiny-clip"))
+        .args(["--batch-sizes", "1,2", "--threads", "1", "--images", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|cols| cols.len() == 8 && cols[0] == "1")
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert_eq!(rows[0][1], "1");
+    assert_eq!(rows[1][1], "2");
+    assert!(stdout.contains("images/s"), "{stdout}");
+}
