@@ -5,6 +5,7 @@ mod bench;
 mod compute;
 mod embed;
 mod inputs;
+mod loadtest;
 mod pipeline;
 mod progress;
 mod server;
@@ -31,6 +32,8 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Run the HTTP server (the original AI server's contract).
     Serve(server::ServeArgs),
+    /// Drive a local (loopback-only) server with virtual users; print latency, errors, images/s, RSS.
+    Loadtest(loadtest::LoadtestArgs),
     /// Time the image tower (or, with --preprocess, decode + preprocess) per batch size and thread count.
     Bench(bench::BenchArgs),
 }
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Embed(args) => embed::run(args),
         Command::Analyze(args) => analyze::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Serve(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Loadtest(args) => loadtest::run(args),
         Command::Bench(args) => bench::run(args).map(|()| std::process::ExitCode::SUCCESS),
     };
     match result {
