@@ -1,0 +1,401 @@
+//! Faults around `ongi serve`, end to end with the real binary: Redis going away
+//! and coming back (a real `redis-server`, killed and restarted on the same
+//! port), SIGTERM with requests in flight, and SIGKILL in the middle of writes to
+//! the embedded store.
+
+#[path = "../../crates/ongi-core/tests/support/redis.rs"]
+mod redis_support;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use redis_support::RedisServer;
+use serde_json::{json, Value};
+use support::{free_port, metric_value, photo_dir, photo_names, tiny_model};
+
+/// Namespace of the records, fixed so the test can read the store afterwards.
+const MODEL_ID: &str = "faults-test";
+
+/// `ongi serve` as a plain child process, so the test can signal it at will.
+struct Serve {
+    child: Option<Child>,
+    url: String,
+    port: u16,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start(photos: &Path, store: &str, extra: &[&str]) -> Self {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("server.log");
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_ongi"))
+            .arg("serve")
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .arg("--model")
+            .arg(tiny_model())
+            .arg("--images")
+            .arg(photos)
+            .args(["--store", store, "--model-id", MODEL_ID, "--threads", "1"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut server = Self {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            log,
+            _log_dir: log_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("ongi serve exited with {status}; log:\n{}", server.log());
+            }
+            if health_status(port) == Some(200) {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ongi serve did not become ready; log:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ongi serve still running after {within:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
+        post(&self.url, path, body).await
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, name)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn post(url: &str, path: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
+    let resp = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .post(format!("{url}{path}"))
+        .json(body)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await?;
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{path} answered {status} with non-JSON {text:?}: {e}"));
+    Ok((status, value))
+}
+
+/// Status of `GET /health/info` over a plain socket, or None if nobody answers.
+fn health_status(port: u16) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET /health/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn redb_path(dir: &tempfile::TempDir) -> String {
+    dir.path()
+        .join("features.redb")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Redis killed under a running server: requests fail fast with 500 and a log
+/// line naming the feature store; Redis restarted on the same port: the same
+/// server serves again (no restart) and re-embeds the photos Redis forgot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_fast_and_recovers_without_restart() {
+    let mut redis = RedisServer::start();
+    let photos = photo_dir();
+    let names = photo_names();
+    let (first, second) = (&names[..3], &names[3..6]);
+    let server = Serve::start(photos.path(), &redis.url(), &[]);
+
+    let (status, body) = server
+        .post("/api/albums/embedding", &json!({ "images": first }))
+        .await
+        .unwrap();
+    assert_eq!((status, &body["data"]), (201, &Value::Null), "{body}");
+    assert_eq!(server.metric("ongi_images_embedded_total").await, 3.0);
+
+    redis.kill();
+    for images in [first, second] {
+        let started = Instant::now();
+        let (status, body) = server
+            .post("/api/albums/embedding", &json!({ "images": images }))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(
+            (status, &body),
+            (
+                500,
+                &json!({"message": "internal_server_error", "data": null})
+            ),
+            "log:\n{}",
+            server.log()
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "500 took {took:?}; log:\n{}",
+            server.log()
+        );
+    }
+    // The analysis routes read the store too.
+    let (status, _) = server
+        .post("/api/albums/quality", &json!({ "images": first }))
+        .await
+        .unwrap();
+    assert_eq!(status, 500);
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("feature store failed") && l.contains("redis")),
+        "no log line naming the feature store; log:\n{log}"
+    );
+    assert_eq!(health_status(server.port), Some(200), "server died");
+
+    // Same port, empty data set: the server reconnects by itself.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (status, body) = server
+            .post("/api/albums/embedding", &json!({ "images": first }))
+            .await
+            .unwrap();
+        if status == 201 {
+            break body;
+        }
+        assert_eq!(status, 500, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "no recovery within 30 s of Redis coming back; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(body["data"], Value::Null, "{body}");
+    // Redis had no persistence: the three photos were embedded again ...
+    assert_eq!(server.metric("ongi_images_embedded_total").await, 6.0);
+    // ... and written to the new Redis: the analysis route finds them.
+    let (status, body) = server
+        .post("/api/albums/quality", &json!({ "images": first }))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+}
+
+/// SIGTERM while requests wait in the batcher: every one of them is answered
+/// 201, new connections are refused, the process exits 0, and the embedded store
+/// holds every record afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_and_flushes_the_store() {
+    let photos = photo_dir();
+    let names = photo_names();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = redb_path(&store_dir);
+    // Batches wait up to 1.5 s to fill 64 images: requests sit in the queue.
+    let mut server = Serve::start(
+        photos.path(),
+        &store,
+        &["--max-batch-wait-ms", "1500", "--batch-size", "64"],
+    );
+
+    let mut requests = Vec::new();
+    for chunk in names.chunks(3) {
+        let (url, body) = (server.url.clone(), json!({ "images": chunk }));
+        requests.push(tokio::spawn(async move {
+            post(&url, "/api/albums/embedding", &body).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(server.running());
+    server.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Still draining the queued requests, but no longer accepting.
+    assert!(
+        server.running(),
+        "exited before answering; log:\n{}",
+        server.log()
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err(),
+        "a new connection was accepted after SIGTERM; log:\n{}",
+        server.log()
+    );
+
+    for request in requests {
+        let (status, body) = request.await.unwrap().unwrap_or_else(|e| {
+            panic!(
+                "in-flight request dropped by shutdown: {e}; log:\n{}",
+                server.log()
+            )
+        });
+        assert_eq!(
+            (status, &body),
+            (201, &json!({"message": "success", "data": null})),
+            "log:\n{}",
+            server.log()
+        );
+    }
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        server.log()
+    );
+
+    let store = ongi_core::store::open_store(&store, None).await.unwrap();
+    let records = store.get_many(MODEL_ID, &names).await.unwrap();
+    let missing: Vec<&String> = names
+        .iter()
+        .zip(&records)
+        .filter(|(_, r)| r.is_none())
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "records missing after SIGTERM: {missing:?}"
+    );
+}
+
+/// SIGKILL in the middle of embedding requests, several times over the same
+/// store file: the next server always opens it and answers, and every record
+/// in it reads back (present or absent, never an error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_writes_never_corrupts_the_embedded_store() {
+    let photos = photo_dir();
+    let base = photo_names();
+    // Many distinct keys, so that every round has writes to interrupt.
+    let mut keys = Vec::new();
+    for copy in 0..12 {
+        for name in &base {
+            let key = format!("c{copy:02}_{name}");
+            std::fs::copy(photos.path().join(name), photos.path().join(&key)).unwrap();
+            keys.push(key);
+        }
+    }
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = redb_path(&store_dir);
+
+    for round in 0..4u64 {
+        let mut server = Serve::start(photos.path(), &store, &["--batch-size", "4"]);
+        let mut requests = Vec::new();
+        for (i, chunk) in keys.chunks(8).enumerate() {
+            let (url, body) = (server.url.clone(), json!({ "images": chunk }));
+            requests.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10 * i as u64)).await;
+                post(&url, "/api/albums/embedding", &body).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(250 + 150 * round)).await;
+        server.signal("KILL");
+        let status = server.wait_exit(Duration::from_secs(10));
+        assert!(!status.success());
+        let (mut answered, mut cut) = (0, 0);
+        for request in requests {
+            // Answered before the kill (201) or cut off by it: both fine.
+            match request.await.unwrap() {
+                Ok((status, body)) => {
+                    assert_eq!(status, 201, "{body}");
+                    answered += 1;
+                }
+                Err(_) => cut += 1,
+            }
+        }
+        eprintln!("round {round}: {answered} requests answered, {cut} cut off by SIGKILL");
+
+        // The next server opens the same file and answers.
+        let server = Serve::start(photos.path(), &store, &[]);
+        let probe = &keys[..2];
+        let (status, body) = server
+            .post("/api/albums/embedding", &json!({ "images": probe }))
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, &body["data"]),
+            (201, &Value::Null),
+            "round {round}: {body}; log:\n{}",
+            server.log()
+        );
+        drop(server); // SIGKILL again, outside a write this time
+    }
+
+    let store = ongi_core::store::open_store(&store, None).await.unwrap();
+    let records = store.get_many(MODEL_ID, &keys).await.unwrap();
+    let present = records.iter().flatten().count();
+    assert!(present >= 2, "only {present} records survived");
+    for record in records.iter().flatten() {
+        assert!(record.embedding.iter().all(|v| v.is_finite()));
+    }
+}
