@@ -399,3 +399,60 @@ async fn sigkill_during_writes_never_corrupts_the_embedded_store() {
         assert!(record.embedding.iter().all(|v| v.is_finite()));
     }
 }
+
+/// Peak resident set (`VmHWM`) of a process, in bytes.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// The whole malformed corpus (`tests/fixtures/malformed`) in one embedding
+/// request: 201, and `data` lists exactly the files the manifest expects to
+/// fail; the server's peak RSS stays bounded (two decode workers, a 64 MP zlib
+/// bomb among the files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_corpus_fails_per_image_through_the_server() {
+    let corpus = support::fixtures().join("malformed");
+    let manifest: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(corpus.join("manifest.json")).unwrap())
+            .unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(&corpus, &redb_path(&store_dir), &["--decode-workers", "2"]);
+    let keys: Vec<&str> = manifest
+        .iter()
+        .map(|e| e["file"].as_str().unwrap())
+        .collect();
+    let (status, body) = server
+        .post("/api/albums/embedding", &json!({ "images": keys }))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}; log:\n{}", server.log());
+    let mut failed: Vec<String> = match &body["data"] {
+        Value::Null => Vec::new(),
+        data => serde_json::from_value(data.clone()).unwrap(),
+    };
+    failed.sort();
+    let mut want: Vec<String> = manifest
+        .iter()
+        .filter(|e| {
+            // known divergences from PIL are reported, not asserted, in the corpus test
+            let expected = e["expected"].as_str().unwrap();
+            let divergent = e["known_divergence"].is_string() && expected == "ok";
+            expected == "error" || (divergent && failed.iter().any(|f| f == &e["file"]))
+        })
+        .map(|e| e["file"].as_str().unwrap().to_owned())
+        .collect();
+    want.sort();
+    assert_eq!(failed, want, "log:\n{}", server.log());
+    let embedded = server.metric("ongi_images_embedded_total").await;
+    assert_eq!(embedded as usize, keys.len() - want.len());
+    let peak = peak_rss_bytes(server.pid());
+    eprintln!("server peak RSS over the corpus: {} MiB", peak >> 20);
+    assert!(peak < 1536 << 20, "server peak RSS {} MiB", peak >> 20);
+}
