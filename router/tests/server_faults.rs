@@ -456,3 +456,61 @@ async fn malformed_corpus_fails_per_image_through_the_server() {
     eprintln!("server peak RSS over the corpus: {} MiB", peak >> 20);
     assert!(peak < 1536 << 20, "server peak RSS {} MiB", peak >> 20);
 }
+
+/// Redis hung (SIGSTOP: the socket stays open, nothing answers): requests still
+/// fail within the store's deadline, and the server serves again once Redis
+/// continues (SIGCONT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_redis_fails_within_the_deadline_and_recovers() {
+    let redis = RedisServer::start();
+    let photos = photo_dir();
+    let names = photo_names();
+    let server = Serve::start(photos.path(), &redis.url(), &[]);
+    let (status, body) = server
+        .post("/api/albums/embedding", &json!({ "images": &names[..2] }))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), redis.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} redis failed");
+    };
+    signal("STOP");
+    let started = Instant::now();
+    let result = server
+        .post("/api/albums/embedding", &json!({ "images": &names[2..4] }))
+        .await;
+    let took = started.elapsed();
+    signal("CONT");
+    eprintln!("hung Redis: answered in {took:?}");
+    let (status, body) = result.unwrap();
+    assert_eq!(status, 500, "{body}; log:\n{}", server.log());
+    assert!(
+        took < Duration::from_secs(5),
+        "500 took {took:?} against a hung Redis; log:\n{}",
+        server.log()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = server
+            .post("/api/albums/embedding", &json!({ "images": &names[2..4] }))
+            .await
+            .unwrap();
+        if status == 201 {
+            assert_eq!(body["data"], Value::Null, "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery within 30 s of SIGCONT; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
