@@ -514,3 +514,36 @@ async fn hung_redis_fails_within_the_deadline_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// SIGTERM while a client has sent half a request body and stalls: shutdown must
+/// still finish within a bounded grace period (issue 6: "finishes in-flight
+/// ones (bounded by a grace period)").
+///
+/// Ignored: today `axum::serve(..).with_graceful_shutdown(..)` in
+/// `router/src/server/mod.rs` waits for every open connection with no bound, so
+/// the server never exits while the client keeps its socket open. Un-ignore with
+/// the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: graceful shutdown has no grace period (router/src/server/mod.rs)"]
+async fn sigterm_with_a_stalled_client_exits_within_a_grace_period() {
+    use std::io::Write;
+    let photos = photo_dir();
+    let store_dir = tempfile::tempdir().unwrap();
+    let mut server = Serve::start(photos.path(), &redb_path(&store_dir), &[]);
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stalled
+        .write_all(
+            b"POST /api/albums/embedding HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"images\"",
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        server.log()
+    );
+    drop(stalled);
+}
