@@ -82,12 +82,13 @@ pub struct LoadtestArgs {
     /// Seed of the album and think-time choices (same seed, same requests).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Longest wait for one answer (seconds).
-    #[arg(long, default_value_t = 120)]
+    /// Longest wait for one answer (seconds); longer than the server's own
+    /// per-request deadline (120 s by default), so that its answer is seen.
+    #[arg(long, default_value_t = 180)]
     pub request_timeout_secs: u64,
     /// After the duration, how long in-flight requests and the analysis calls may
     /// still run (seconds); then everything stops.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 180)]
     pub grace_secs: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
