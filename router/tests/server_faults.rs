@@ -517,19 +517,17 @@ async fn hung_redis_fails_within_the_deadline_and_recovers() {
 
 /// SIGTERM while a client has sent half a request body and stalls: shutdown must
 /// still finish within a bounded grace period (issue 6: "finishes in-flight
-/// ones (bounded by a grace period)").
-///
-/// Ignored: today `axum::serve(..).with_graceful_shutdown(..)` in
-/// `router/src/server/mod.rs` waits for every open connection with no bound, so
-/// the server never exits while the client keeps its socket open. Un-ignore with
-/// the fix.
+/// ones (bounded by a grace period)"): `--shutdown-grace-secs` bounds the wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: graceful shutdown has no grace period (router/src/server/mod.rs)"]
 async fn sigterm_with_a_stalled_client_exits_within_a_grace_period() {
     use std::io::Write;
     let photos = photo_dir();
     let store_dir = tempfile::tempdir().unwrap();
-    let mut server = Serve::start(photos.path(), &redb_path(&store_dir), &[]);
+    let mut server = Serve::start(
+        photos.path(),
+        &redb_path(&store_dir),
+        &["--shutdown-grace-secs", "2"],
+    );
     let mut stalled = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     stalled
         .write_all(
@@ -539,7 +537,13 @@ async fn sigterm_with_a_stalled_client_exits_within_a_grace_period() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.signal("TERM");
+    let signalled = std::time::Instant::now();
     let status = server.wait_exit(Duration::from_secs(60));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        signalled.elapsed()
+    );
     assert!(
         status.success(),
         "exit status {status}; log:\n{}",

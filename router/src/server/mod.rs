@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "ONGI_BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
+    /// After SIGTERM/Ctrl-C, how long in-flight requests may take before the
+    /// server stops anyway (stalled clients cannot hold it open).
+    #[arg(long, env = "ONGI_SHUTDOWN_GRACE_SECS", default_value_t = 30.0)]
+    pub shutdown_grace_secs: f64,
     /// Key required on every `/api/*` request (`Authorization: Bearer KEY` or
     /// `X-API-Key: KEY`); repeat the flag, or separate keys with commas, to accept
     /// several during a rotation. Unset: no authentication.
@@ -113,9 +117,21 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {}", args.bind))?;
         tracing::info!(addr = %listener.local_addr()?, "ongi listening");
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        // The grace period starts at the signal; past it, connections still
+        // open (a stalled client, a very slow request) are dropped.
+        let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+        let grace = std::time::Duration::from_secs_f64(args.shutdown_grace_secs.max(0.0));
+        let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = signalled.send(true);
+        });
+        tokio::select! {
+            result = serve => result?,
+            _ = async {
+                let _ = on_signal.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!(grace_secs = grace.as_secs_f64(), "grace period over: dropping connections still open"),
+        }
         store.flush().await.context("flushing the feature store")?;
         tracing::info!("ongi stopped");
         Ok(())
