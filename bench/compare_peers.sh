@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Compare ongi's CLIP image tower and preprocessing with PyTorch, ONNX Runtime
+# and the Python (PIL + transformers) reference pipeline, in one run, as ratios.
+#
+#   bench/compare_peers.sh [--batch-sizes 1,16] [--threads 1,2] [--images 32]
+#                          [--preprocess-images 8] [--no-preprocess]
+#
+# Environment:
+#   ONGI_BENCH_VENV    Python venv for the peers (default ~/.cache/ongi/bench-venv;
+#                      created and pip-installed from bench/requirements.txt).
+#                      Point it at an existing env with the pinned packages to
+#                      skip the install (e.g. ONGI_BENCH_VENV=/work/pyenv).
+#   ONGI_BENCH_PYTHON  interpreter used to create the venv (default python3)
+#   ONGI_BENCH_TORCH_INDEX  pip index for torch (default the CPU-only wheels,
+#                      https://download.pytorch.org/whl/cpu; set empty for PyPI)
+#   ONGI_BENCH_CACHE   cache dir (default ~/.cache/ongi): vit-b32-random/ (the
+#                      full-size random checkpoint + vision.onnx, built once by
+#                      scripts/make_fixtures.py --full --onnx) and bench-photos/
+#   ONGI_BENCH_PHOTO_SRC  directory of source JPEGs for the 12-MP photos (default
+#                      /work/dl/mate/usr/share/backgrounds/mate/nature when present,
+#                      else tests/fixtures/photos)
+#
+# Each engine runs in its own process per thread count. Raw JSON lines are kept
+# in a temp dir whose path is printed at the end.
+set -euo pipefail
+
+BATCH_SIZES=1,16
+THREADS=1,2
+IMAGES=32
+PRE_IMAGES=8
+DO_PRE=1
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --batch-sizes) BATCH_SIZES=$2; shift 2 ;;
+        --threads) THREADS=$2; shift 2 ;;
+        --images) IMAGES=$2; shift 2 ;;
+        --preprocess-images) PRE_IMAGES=$2; shift 2 ;;
+        --no-preprocess) DO_PRE=0; shift ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${ONGI_BENCH_CACHE:-$HOME/.cache/ongi}
+VENV=${ONGI_BENCH_VENV:-$CACHE/bench-venv}
+MODEL=$CACHE/vit-b32-random
+PHOTOS=$CACHE/bench-photos
+TORCH_INDEX=${ONGI_BENCH_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
+log() { echo "[compare_peers] $*" >&2; }
+
+# --- 1. Python venv with the pinned peers ----------------------------------
+PY=$VENV/bin/python
+if ! "$PY" -c 'import torch, transformers, onnx, onnxruntime, PIL, numpy, safetensors, regex, tokenizers' 2>/dev/null; then
+    if [[ ! -x $PY ]]; then
+        log "creating venv $VENV"
+        mkdir -p "$(dirname "$VENV")"
+        "${ONGI_BENCH_PYTHON:-python3}" -m venv "$VENV"
+        "$PY" -m pip install --upgrade pip >&2
+    fi
+    TORCH_PIN=$(grep -E '^torch==' "$REPO/bench/requirements.txt")
+    if [[ -n $TORCH_INDEX ]]; then
+        log "installing $TORCH_PIN (CPU wheel from $TORCH_INDEX)"
+        "$PY" -m pip install --index-url "$TORCH_INDEX" "$TORCH_PIN" >&2 \
+            || log "CPU wheel install failed; falling back to PyPI's torch"
+    fi
+    log "installing bench/requirements.txt"
+    "$PY" -m pip install -r "$REPO/bench/requirements.txt" >&2
+fi
+# Report any drift from the pins (not fatal: the numbers are ratios in one run).
+"$PY" - "$REPO/bench/requirements.txt" <<'EOF' >&2 || true
+import sys, importlib.metadata as md
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if "==" in line:
+        name, want = line.split("==")
+        try:
+            have = md.version(name)
+        except md.PackageNotFoundError:
+            have = "missing"
+        if have.split("+")[0] != want:
+            print(f"[compare_peers] warning: {name} {have} (pinned {want})")
+EOF
+
+# --- 2. full-size random ViT-B/32 checkpoint + vision.onnx, built once -------
+if [[ -f $MODEL/model.safetensors && -f $MODEL/config.json && -f $MODEL/preprocessor_config.json && -f $MODEL/vision.onnx ]]; then
+    log "using cached $MODEL"
+else
+    log "building $MODEL (scripts/make_fixtures.py --full $CACHE --onnx)"
+    (cd "$REPO" && "$PY" scripts/make_fixtures.py --full "$CACHE" --onnx) >&2
+    [[ -f $MODEL/vision.onnx ]] || { log "vision.onnx was not produced"; exit 1; }
+fi
+
+# --- 3. ongi, release -------------------------------------------------------
+log "cargo build --release -p ongi"
+(cd "$REPO" && cargo build --release -p ongi) >&2
+ONGI=$REPO/target/release/ongi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ongi-compare.XXXXXX")
+log "raw results in $WORK"
+log "load before: $(uptime)"
+
+log "ongi bench (threads $THREADS, batch sizes $BATCH_SIZES, $IMAGES images)"
+"$ONGI" bench --model "$MODEL" --batch-sizes "$BATCH_SIZES" --threads "$THREADS" \
+    --images "$IMAGES" --json > "$WORK/ongi.jsonl"
+
+# --- 4. peers: one process per engine per thread count ----------------------
+: > "$WORK/ort.jsonl"
+: > "$WORK/torch.jsonl"
+IFS=, read -r -a TLIST <<< "$THREADS"
+for t in "${TLIST[@]}"; do
+    for engine in ort torch; do
+        log "$engine, $t thread(s)"
+        "$PY" "$REPO/bench/peers.py" model --engine "$engine" --model "$MODEL" --threads "$t" \
+            --batch-sizes "$BATCH_SIZES" --images "$IMAGES" >> "$WORK/$engine.jsonl"
+    done
+done
+
+# --- 5. preprocessing: 12-MP JPEGs, ongi vs PIL + CLIPImageProcessor -------
+PRE_ARGS=()
+if [[ $DO_PRE == 1 ]]; then
+    SRC=${ONGI_BENCH_PHOTO_SRC:-/work/dl/mate/usr/share/backgrounds/mate/nature}
+    if ! compgen -G "$SRC/*.jpg" > /dev/null; then
+        SRC=$REPO/tests/fixtures/photos
+    fi
+    # Only decodable, full-size landscape JPEGs of the fixtures make sense as sources.
+    mapfile -t SRCS < <(ls "$SRC"/*.jpg | grep -v -e corrupt -e exif_ | head -n 4)
+    log "12-MP photos in $PHOTOS (sources: $SRC)"
+    "$PY" "$REPO/bench/peers.py" photos --out "$PHOTOS" --count 4 "${SRCS[@]}"
+    mapfile -t PFILES < <(ls "$PHOTOS"/photo12mp_*.jpg)
+    log "ongi bench --preprocess (${#PFILES[@]} files, $PRE_IMAGES images)"
+    "$ONGI" bench --model "$MODEL" --preprocess "${PFILES[@]}" --images "$PRE_IMAGES" --json \
+        > "$WORK/ongi_pre.jsonl"
+    log "Python reference preprocessing"
+    "$PY" "$REPO/bench/peers.py" preprocess --model "$MODEL" --images "$PRE_IMAGES" "${PFILES[@]}" \
+        > "$WORK/py_pre.jsonl"
+    PRE_ARGS=(--ongi-pre "$WORK/ongi_pre.jsonl" --py-pre "$WORK/py_pre.jsonl")
+fi
+
+log "load after: $(uptime)"
+echo
+"$PY" "$REPO/bench/peers.py" table --ongi "$WORK/ongi.jsonl" --ort "$WORK/ort.jsonl" \
+    --torch "$WORK/torch.jsonl" "${PRE_ARGS[@]}"
+echo
+echo "machine: $(nproc) CPUs, $(uptime | sed 's/.*load/load/'); raw JSON lines: $WORK"
