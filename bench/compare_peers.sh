@@ -61,7 +61,7 @@ if ! "$PY" -c 'import torch, transformers, onnx, onnxruntime, PIL, numpy, safete
     TORCH_PIN=$(grep -E '^torch==' "$REPO/bench/requirements.txt")
     if [[ -n $TORCH_INDEX ]]; then
         log "installing $TORCH_PIN (CPU wheel from $TORCH_INDEX)"
-        "$PY" -m pip install --index-url "$TORCH_INDEX" "$TORCH_PIN" >&2 \
+        "$PY" -m pip install --retries 1 --timeout 20 --index-url "$TORCH_INDEX" "$TORCH_PIN" >&2 \
             || log "CPU wheel install failed; falling back to PyPI's torch"
     fi
     log "installing bench/requirements.txt"
