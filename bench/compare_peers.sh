@@ -11,8 +11,8 @@
 #                      Point it at an existing env with the pinned packages to
 #                      skip the install (e.g. ONGI_BENCH_VENV=/work/pyenv).
 #   ONGI_BENCH_PYTHON  interpreter used to create the venv (default python3)
-#   ONGI_BENCH_TORCH_INDEX  pip index for torch (default the CPU-only wheels,
-#                      https://download.pytorch.org/whl/cpu; set empty for PyPI)
+#   ONGI_BENCH_TORCH_INDEX  optional extra pip index URL serving CPU-only torch
+#                      wheels (default: none; torch comes from the default index)
 #   ONGI_BENCH_CACHE   cache dir (default ~/.cache/ongi): vit-b32-random/ (the
 #                      full-size random checkpoint + vision.onnx, built once by
 #                      scripts/make_fixtures.py --full --onnx) and bench-photos/
@@ -46,7 +46,7 @@ CACHE=${ONGI_BENCH_CACHE:-$HOME/.cache/ongi}
 VENV=${ONGI_BENCH_VENV:-$CACHE/bench-venv}
 MODEL=$CACHE/vit-b32-random
 PHOTOS=$CACHE/bench-photos
-TORCH_INDEX=${ONGI_BENCH_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
+TORCH_INDEX=${ONGI_BENCH_TORCH_INDEX:-}
 log() { echo "[compare_peers] $*" >&2; }
 
 # --- 1. Python venv with the pinned peers ----------------------------------
