@@ -61,18 +61,14 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
         let pipeline = pipeline::build(&args.pipeline, &args.analysis, images, compute).await?;
         let progress = crate::progress::bar(keys.len() as u64, "photos");
         let mut failed = Vec::new();
+        let mut records: Vec<(String, FeatureRecord)> = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(STEP) {
             let report = pipeline.embedding.embed(chunk).await?;
+            records.extend(report.records);
             failed.extend(report.failed.into_iter().map(|f| json!({"key": f.key, "reason": f.reason})));
             progress.inc(chunk.len() as u64);
         }
         progress.finish_and_clear();
-        let records: Vec<(String, FeatureRecord)> = keys
-            .iter()
-            .cloned()
-            .zip(pipeline.embedding.records(&keys).await?)
-            .filter_map(|(k, r)| r.map(|r| (k, r)))
-            .collect();
         let analyzer = &pipeline.analyzer;
         let categories = analyzer.categories(&records, &args.concepts)?;
         let by_key: std::collections::HashMap<&str, &FeatureRecord> =

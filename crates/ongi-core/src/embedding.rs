@@ -45,6 +45,9 @@ pub struct EmbedReport {
     pub cached: usize,
     /// Keys embedded and stored by this request.
     pub embedded: usize,
+    /// Every record the request ended with (cached or new), in request order
+    /// without repeats; failed keys are absent. Saves callers a second read.
+    pub records: Vec<(String, FeatureRecord)>,
     /// Per-stage timings.
     pub timings: RequestTimings,
 }
@@ -277,10 +280,22 @@ impl EmbeddingService {
             total: started.elapsed(),
         };
         record_metrics(&per_image, &timings, records.len());
+        let embedded = records.len();
+        let mut fresh: std::collections::HashMap<String, FeatureRecord> =
+            records.into_iter().collect();
+        let records = unique
+            .into_iter()
+            .zip(existing)
+            .filter_map(|(key, cached)| {
+                let record = cached.or_else(|| fresh.remove(&key))?;
+                Some((key, record))
+            })
+            .collect();
         Ok(EmbedReport {
             failed,
             cached,
-            embedded: records.len(),
+            embedded,
+            records,
             timings,
         })
     }

@@ -134,18 +134,8 @@ pub async fn duplicates(
         log_timings(keys.len(), &report);
     }
     let started = Instant::now();
-    let records = app
-        .pipeline
-        .embedding
-        .records(&keys)
-        .await
-        .map_err(|e| embed_error(&app, e))?;
     // Photos that could not be embedded cannot be duplicates of anything.
-    let present: Vec<(String, FeatureRecord)> = keys
-        .into_iter()
-        .zip(records)
-        .filter_map(|(k, r)| r.map(|r| (k, r)))
-        .collect();
+    let present = report.records;
     let groups = app.pipeline.analyzer.duplicates(&present);
     observe("duplicates", started, present.len());
     Ok(created(DuplicatesResponse {
