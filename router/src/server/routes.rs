@@ -33,6 +33,12 @@ fn store_error(app: &AppState, err: &dyn std::fmt::Display) -> ApiError {
     ApiError::Internal
 }
 
+/// A request's keys: within the per-request limit, non-empty, repeats dropped.
+fn request_keys(app: &AppState, images: &[String]) -> Result<Vec<String>, ApiError> {
+    check_image_count(images.len(), app.limits.max_images)?;
+    api::unique_images(images)
+}
+
 /// The records of `keys` in order, or 428 with the keys that have none.
 async fn cached_records(
     app: &AppState,
@@ -84,8 +90,7 @@ pub async fn embedding(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let request: ImagesRequest = api::parse_body(&body)?;
-    check_image_count(request.images.len(), app.limits.max_images)?;
-    let keys = api::unique_images(&request.images)?;
+    let keys = request_keys(&app, &request.images)?;
     let report = app
         .pipeline
         .embedding
@@ -121,8 +126,7 @@ pub async fn duplicates(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let request: ImagesRequest = api::parse_body(&body)?;
-    check_image_count(request.images.len(), app.limits.max_images)?;
-    let keys = api::unique_images(&request.images)?;
+    let keys = request_keys(&app, &request.images)?;
     // The original loaded pixels here; ongi embeds only what the cache lacks.
     let report = app
         .pipeline
@@ -161,8 +165,7 @@ pub async fn quality(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let request: ImagesRequest = api::parse_body(&body)?;
-    check_image_count(request.images.len(), app.limits.max_images)?;
-    let keys = api::unique_images(&request.images)?;
+    let keys = request_keys(&app, &request.images)?;
     let started = Instant::now();
     let records = cached_records(&app, &keys).await?;
     let low = app.pipeline.analyzer.low_quality(&records);
@@ -190,8 +193,7 @@ pub async fn categories(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let request: CategoriesRequest = api::parse_body(&body)?;
-    check_image_count(request.images.len(), app.limits.max_images)?;
-    let keys = api::unique_images(&request.images)?;
+    let keys = request_keys(&app, &request.images)?;
     let concepts = request.concepts.unwrap_or_default();
     let started = Instant::now();
     let records = cached_records(&app, &keys).await?;
