@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use ongi_core::preprocess::{decode_image, preprocess, PreprocessConfig};
 use ongi_core::tokenize::ClipTokenizer;
-use ongi_model::ClipModel;
+use ongi_model::{ClipModel, VisionKernels};
 use serde_json::Value;
 
 const MIN_COSINE: f64 = 0.99999;
@@ -181,15 +181,26 @@ fn check_model(fx: &Fixture) {
     let got = Tensor::cat(&rows, 0).unwrap();
     check_rows(&format!("{name} texts (single)"), &texts, &got, &want);
 
-    // Images: the reference pixels in, one batch.
+    // Images: the reference pixels in, one batch, through the default (fused
+    // CPU) vision forward and through candle's ops; same bar for both.
     let labels: Vec<&str> = reference.images.iter().map(|i| i.0.as_str()).collect();
     let want: Vec<&[f32]> = reference.images.iter().map(|i| i.1.as_slice()).collect();
-    let pixels = reference_pixels(&fx.pixels, &labels);
-    let got = model
-        .image_features(&Tensor::stack(&pixels, 0).unwrap())
-        .unwrap();
+    let pixels = Tensor::stack(&reference_pixels(&fx.pixels, &labels), 0).unwrap();
+    assert_eq!(model.vision_kernels(), VisionKernels::Fused);
+    let got = model.image_features(&pixels).unwrap();
     check_rows(
-        &format!("{name} images (reference pixels)"),
+        &format!("{name} images, fused (reference pixels)"),
+        &labels,
+        &got,
+        &want,
+    );
+    drop(model);
+    let candle =
+        ClipModel::load_with_kernels(&fx.model_dir, &device, DType::F32, VisionKernels::Candle)
+            .unwrap();
+    let got = candle.image_features(&pixels).unwrap();
+    check_rows(
+        &format!("{name} images, candle (reference pixels)"),
         &labels,
         &got,
         &want,

@@ -34,15 +34,21 @@ pub fn default_dtype(device: &Device) -> DType {
 
 /// A dense layer `y = x Wᵀ + b` over a 2-D input.
 #[derive(Debug, Clone)]
-struct Linear {
-    /// `[out, in]`, as stored by PyTorch; the matmul reads it transposed
-    /// through strides, without a copy.
-    weight: Tensor,
-    bias: Option<Tensor>,
+pub(crate) struct Linear {
+    /// `[out, in]` as stored by PyTorch (the matmul reads it transposed
+    /// through strides, without a copy), or, when `packed`, the fused CPU
+    /// forward's panel layout (see `kernels::pack_panels`).
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    /// `weight` is in panel layout; only the fused forward can use it.
+    pub(crate) packed: bool,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.packed {
+            candle_core::bail!("weights packed for the fused CPU forward reached candle")
+        }
         let y = x.matmul(&self.weight.t()?)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -52,10 +58,10 @@ impl Linear {
 }
 
 #[derive(Debug, Clone)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f32,
+pub(crate) struct LayerNorm {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f32,
 }
 
 impl LayerNorm {
@@ -66,12 +72,12 @@ impl LayerNorm {
 }
 
 #[derive(Debug, Clone)]
-struct Attention {
+pub(crate) struct Attention {
     /// Fused `[q; k; v]` projection, `[3 * width, width]`, q pre-scaled.
-    qkv: Linear,
-    out: Linear,
-    heads: usize,
-    head_dim: usize,
+    pub(crate) qkv: Linear,
+    pub(crate) out: Linear,
+    pub(crate) heads: usize,
+    pub(crate) head_dim: usize,
 }
 
 impl Attention {
@@ -111,10 +117,10 @@ impl Attention {
 }
 
 #[derive(Debug, Clone)]
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
+pub(crate) struct Mlp {
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
+    pub(crate) act: Activation,
 }
 
 impl Mlp {
@@ -131,11 +137,11 @@ impl Mlp {
 
 /// A pre-norm transformer block.
 #[derive(Debug, Clone)]
-struct EncoderLayer {
-    ln1: LayerNorm,
-    attn: Attention,
-    ln2: LayerNorm,
-    mlp: Mlp,
+pub(crate) struct EncoderLayer {
+    pub(crate) ln1: LayerNorm,
+    pub(crate) attn: Attention,
+    pub(crate) ln2: LayerNorm,
+    pub(crate) mlp: Mlp,
 }
 
 impl EncoderLayer {
@@ -154,16 +160,16 @@ impl EncoderLayer {
 }
 
 #[derive(Debug, Clone)]
-struct VisionTower {
+pub(crate) struct VisionTower {
     /// Conv weight flattened to `[width, channels * patch * patch]`, in the
-    /// (channel, row, column) order the patches are flattened in.
-    patch_weight: Tensor,
-    class_embedding: Tensor,
-    position_embedding: Tensor,
-    pre_ln: LayerNorm,
-    layers: Vec<EncoderLayer>,
-    post_ln: LayerNorm,
-    projection: Linear,
+    /// (channel, row, column) order the patches are flattened in; no bias.
+    pub(crate) patch_embedding: Linear,
+    pub(crate) class_embedding: Tensor,
+    pub(crate) position_embedding: Tensor,
+    pub(crate) pre_ln: LayerNorm,
+    pub(crate) layers: Vec<EncoderLayer>,
+    pub(crate) post_ln: LayerNorm,
+    pub(crate) projection: Linear,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +181,28 @@ struct TextTower {
     projection: Linear,
 }
 
+/// Which implementation runs the vision tower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VisionKernels {
+    /// The fused f32 CPU forward (`vision_cpu.rs`): the default on the CPU
+    /// at f32, about twice candle's speed there.
+    Fused,
+    /// candle's generic ops: every other device and dtype, and selectable on
+    /// the CPU as the reference the fused forward is tested against.
+    Candle,
+}
+
+impl VisionKernels {
+    /// Fused on the CPU at F32, candle everywhere else.
+    pub fn default_for(device: &Device, dtype: DType) -> Self {
+        if device.is_cpu() && dtype == DType::F32 {
+            Self::Fused
+        } else {
+            Self::Candle
+        }
+    }
+}
+
 /// A loaded CLIP model (both towers) on one device, in one dtype.
 #[derive(Debug, Clone)]
 pub struct ClipModel {
@@ -183,15 +211,40 @@ pub struct ClipModel {
     text: TextTower,
     device: Device,
     dtype: DType,
+    vision_kernels: VisionKernels,
 }
 
 impl ClipModel {
     /// Loads `dir/config.json` and `dir/model.safetensors` (Hugging Face
     /// `CLIPModel` layout) onto `device`, converting weights to `dtype`
-    /// (F32, F16 or BF16; see [`default_dtype`]).
+    /// (F32, F16 or BF16; see [`default_dtype`]), with the vision kernels
+    /// [`VisionKernels::default_for`] picks.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        Self::load_with_kernels(
+            dir,
+            device,
+            dtype,
+            VisionKernels::default_for(device, dtype),
+        )
+    }
+
+    /// [`Self::load`] with a chosen vision-tower implementation;
+    /// [`VisionKernels::Fused`] needs the CPU and F32.
+    pub fn load_with_kernels(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        vision_kernels: VisionKernels,
+    ) -> Result<Self, ModelError> {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
             return Err(ModelError::Dtype(dtype));
+        }
+        let fused = vision_kernels == VisionKernels::Fused;
+        if fused && !(device.is_cpu() && dtype == DType::F32) {
+            return Err(ModelError::Input(format!(
+                "the fused vision forward runs on the CPU at F32 only, not {dtype:?} on {:?}",
+                device.location()
+            )));
         }
         let config = ClipConfig::from_model_dir(dir)?;
         let mut file = SafetensorsFile::open(&dir.join(WEIGHTS_FILE))?;
@@ -199,8 +252,10 @@ impl ClipModel {
             file: &mut file,
             dtype,
             device,
+            pack: fused,
         };
         let vision = load_vision(&mut w, &config)?;
+        w.pack = false;
         let text = load_text(&mut w, &config)?;
         Ok(Self {
             config,
@@ -208,7 +263,13 @@ impl ClipModel {
             text,
             device: device.clone(),
             dtype,
+            vision_kernels,
         })
+    }
+
+    /// The vision tower's implementation.
+    pub fn vision_kernels(&self) -> VisionKernels {
+        self.vision_kernels
     }
 
     /// The configuration the model was built from.
@@ -277,7 +338,22 @@ impl ClipModel {
                 &self.device,
             )?);
         }
-        Ok(self.vision_forward(pixel_values, batch)?)
+        match self.vision_kernels {
+            VisionKernels::Fused => {
+                let pixels = pixel_values
+                    .to_device(&Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let features = crate::vision_cpu::image_features(&self.vision, vc, &pixels, batch)?;
+                Ok(Tensor::from_vec(
+                    features,
+                    (batch, self.projection_dim()),
+                    &Device::Cpu,
+                )?)
+            }
+            VisionKernels::Candle => Ok(self.vision_forward(pixel_values, batch)?),
+        }
     }
 
     fn vision_forward(&self, pixels: &Tensor, batch: usize) -> candle_core::Result<Tensor> {
@@ -297,8 +373,10 @@ impl ClipModel {
             .reshape((batch, c, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
-            .reshape((batch * g * g, c * p * p))?
-            .matmul(&v.patch_weight.t()?)?
+            .reshape((batch * g * g, c * p * p))?;
+        let patches = v
+            .patch_embedding
+            .forward(&patches)?
             .reshape((batch, g * g, width))?;
         let class = v
             .class_embedding
@@ -462,6 +540,8 @@ struct Loader<'a> {
     file: &'a mut SafetensorsFile,
     dtype: DType,
     device: &'a Device,
+    /// Store linear weights in panel layout (see [`Linear::packed`]).
+    pack: bool,
 }
 
 impl Loader<'_> {
@@ -491,7 +571,7 @@ impl Loader<'_> {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        self.finish_linear(prefix, weight, bias)
     }
 
     fn layer_norm(&mut self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm, ModelError> {
@@ -534,10 +614,36 @@ impl Loader<'_> {
         let name = format!("{prefix}.q_proj");
         let fuse = |parts: &[Tensor], dtype| Tensor::cat(parts, 0)?.to_dtype(dtype);
         let weight = fuse(&weights, self.dtype).map_err(|e| self.op_err(&name, e))?;
+        drop(weights);
         let bias = fuse(&biases, self.dtype).map_err(|e| self.op_err(&name, e))?;
+        self.finish_linear(&name, weight, Some(bias))
+    }
+
+    /// Builds a layer from an `[out, in]` weight, repacking it into panels
+    /// when the loader is set to (see [`Linear::packed`]).
+    fn finish_linear(
+        &self,
+        name: &str,
+        weight: Tensor,
+        bias: Option<Tensor>,
+    ) -> Result<Linear, ModelError> {
+        let weight = if self.pack {
+            let (out, inp) = weight.dims2().map_err(|e| self.op_err(name, e))?;
+            let rows = weight
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| self.op_err(name, e))?;
+            drop(weight);
+            let packed = crate::kernels::pack_panels(&rows, out, inp);
+            drop(rows);
+            Tensor::from_vec(packed, (out, inp), self.device).map_err(|e| self.op_err(name, e))?
+        } else {
+            weight
+        };
         Ok(Linear {
             weight,
-            bias: Some(bias),
+            bias,
+            packed: self.pack,
         })
     }
 
@@ -585,7 +691,7 @@ fn load_vision(w: &mut Loader<'_>, config: &ClipConfig) -> Result<VisionTower, M
         .reshape((width, c * p * p))
         .map_err(|e| w.op_err(conv_name, e))?;
     Ok(VisionTower {
-        patch_weight,
+        patch_embedding: w.finish_linear(conv_name, patch_weight, None)?,
         class_embedding: w.get("vision_model.embeddings.class_embedding", &[width])?,
         position_embedding: w.get(
             "vision_model.embeddings.position_embedding.weight",

@@ -5,8 +5,10 @@
 pub mod clip;
 pub mod config;
 pub mod error;
+mod kernels;
+mod vision_cpu;
 pub mod weights;
 
-pub use clip::{default_dtype, ClipModel};
+pub use clip::{default_dtype, ClipModel, VisionKernels};
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig, TextPooling};
 pub use error::ModelError;

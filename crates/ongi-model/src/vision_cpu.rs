@@ -1,0 +1,263 @@
+//! The vision tower's fused f32 forward for the CPU.
+//!
+//! Same maths as the candle forward in `clip.rs` (and transformers'
+//! `CLIPVisionModel`), reorganised for a CPU: activations live in a handful of
+//! row-major buffers allocated once per call and reused by every layer; bias
+//! and residual adds fold into the matrix products' accumulate mode or into one
+//! pass with the activation; attention runs per (image, head) without
+//! materialising head-major copies of q, k and v; every pass is parallel over
+//! the global rayon pool, so exactly the configured threads compute. Weights
+//! are read in place from the candle tensors that hold them (no second copy).
+
+use candle_core::{Storage, StorageRef, Tensor};
+use rayon::prelude::*;
+
+use crate::clip::{EncoderLayer, LayerNorm, Linear, VisionTower};
+use crate::config::ClipVisionConfig;
+use crate::error::ModelError;
+use crate::kernels::{self, AttentionShape};
+
+/// A contiguous CPU f32 tensor, read-locked while the forward uses it.
+struct Held<'a> {
+    guard: StorageRef<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Held<'a> {
+    fn new(t: &'a Tensor) -> Result<Self, ModelError> {
+        let (guard, layout) = t.storage_and_layout();
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| ModelError::Input("fused CPU forward: non-contiguous weight".into()))?;
+        Ok(Self { guard, start, end })
+    }
+
+    fn slice(&self) -> Result<&[f32], ModelError> {
+        match &*self.guard {
+            Storage::Cpu(cpu) => Ok(&cpu.as_slice::<f32>()?[self.start..self.end]),
+            _ => Err(ModelError::Input(
+                "fused CPU forward: weights are not on the CPU".into(),
+            )),
+        }
+    }
+}
+
+/// A linear layer's panel-packed weight and optional bias, held.
+struct HeldLinear<'a> {
+    weight: Held<'a>,
+    bias: Option<Held<'a>>,
+    out: usize,
+}
+
+impl<'a> HeldLinear<'a> {
+    fn new(l: &'a Linear) -> Result<Self, ModelError> {
+        if !l.packed {
+            return Err(ModelError::Input(
+                "fused CPU forward: weights were not packed at load".into(),
+            ));
+        }
+        Ok(Self {
+            weight: Held::new(&l.weight)?,
+            bias: l.bias.as_ref().map(Held::new).transpose()?,
+            out: l.weight.dim(0)?,
+        })
+    }
+
+    /// `dst = x · Wᵀ`, or `dst += x · Wᵀ + b` when `residual`.
+    fn apply(
+        &self,
+        x: &[f32],
+        rows: usize,
+        dst: &mut [f32],
+        residual: bool,
+        threads: usize,
+    ) -> Result<(), ModelError> {
+        let w = self.weight.slice()?;
+        let k = w.len().checked_div(self.out).unwrap_or(0);
+        if residual {
+            if let Some(b) = &self.bias {
+                kernels::add_bias_rows(dst, b.slice()?);
+            }
+        }
+        kernels::linear(x, rows, k, w, self.out, dst, residual, threads)
+    }
+}
+
+struct HeldNorm<'a> {
+    weight: Held<'a>,
+    bias: Held<'a>,
+    eps: f32,
+}
+
+impl<'a> HeldNorm<'a> {
+    fn new(n: &'a LayerNorm) -> Result<Self, ModelError> {
+        Ok(Self {
+            weight: Held::new(&n.weight)?,
+            bias: Held::new(&n.bias)?,
+            eps: n.eps,
+        })
+    }
+
+    fn apply(&self, x: &[f32], out: &mut [f32]) -> Result<(), ModelError> {
+        kernels::layer_norm_rows(x, out, self.weight.slice()?, self.bias.slice()?, self.eps);
+        Ok(())
+    }
+}
+
+/// Activation buffers of one forward, reused by every layer.
+struct Buffers {
+    /// Residual stream `[rows, width]`.
+    x: Vec<f32>,
+    /// Layer-norm output `[rows, width]`.
+    normed: Vec<f32>,
+    /// `[rows, 3·width]`.
+    qkv: Vec<f32>,
+    /// Attention scratch `[batch, heads, seq, head_dim]`.
+    heads: Vec<f32>,
+    /// Attention output `[rows, width]`.
+    attn: Vec<f32>,
+    /// MLP hidden `[rows, intermediate]`.
+    hidden: Vec<f32>,
+}
+
+/// Projected image features `[batch, projection_dim]` of CLIP-normalised
+/// `pixels` (`[batch, channels, image_size, image_size]`, row-major).
+pub(crate) fn image_features(
+    tower: &VisionTower,
+    vc: &ClipVisionConfig,
+    pixels: &[f32],
+    batch: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let (p, g, c, size) = (
+        vc.patch_size,
+        vc.grid_size(),
+        vc.num_channels,
+        vc.image_size,
+    );
+    let width = vc.hidden_size;
+    let seq = g * g + 1;
+    let rows = batch * seq;
+    if pixels.len() != batch * c * size * size {
+        return Err(ModelError::Input(format!(
+            "pixel buffer holds {} values, expected {}",
+            pixels.len(),
+            batch * c * size * size
+        )));
+    }
+    let threads = rayon::current_num_threads();
+
+    // Patch embedding: the stride-p convolution as one product over the
+    // flattened (channel, row, column) patches.
+    let patch_len = c * p * p;
+    let mut patches = vec![0.0f32; batch * g * g * patch_len];
+    patches
+        .par_chunks_mut(patch_len)
+        .enumerate()
+        .for_each(|(idx, dst)| {
+            let (b, gy, gx) = (idx / (g * g), (idx / g) % g, idx % g);
+            for ch in 0..c {
+                for py in 0..p {
+                    let src = ((b * c + ch) * size + gy * p + py) * size + gx * p;
+                    let at = (ch * p + py) * p;
+                    dst[at..at + p].copy_from_slice(&pixels[src..src + p]);
+                }
+            }
+        });
+    let mut embedded = vec![0.0f32; batch * g * g * width];
+    HeldLinear::new(&tower.patch_embedding)?.apply(
+        &patches,
+        batch * g * g,
+        &mut embedded,
+        false,
+        threads,
+    )?;
+    drop(patches);
+
+    let class = Held::new(&tower.class_embedding)?;
+    let positions = Held::new(&tower.position_embedding)?;
+    let (class, positions) = (class.slice()?, positions.slice()?);
+    let mut buf = Buffers {
+        x: vec![0.0; rows * width],
+        normed: vec![0.0; rows * width],
+        qkv: vec![0.0; rows * 3 * width],
+        heads: vec![0.0; rows * width],
+        attn: vec![0.0; rows * width],
+        hidden: vec![0.0; rows * vc.intermediate_size],
+    };
+    buf.normed
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (b, s) = (r / seq, r % seq);
+            let token = if s == 0 {
+                class
+            } else {
+                &embedded[(b * g * g + s - 1) * width..][..width]
+            };
+            let pos = &positions[s * width..][..width];
+            for ((d, t), e) in row.iter_mut().zip(token).zip(pos) {
+                *d = t + e;
+            }
+        });
+    drop(embedded);
+    HeldNorm::new(&tower.pre_ln)?.apply(&buf.normed, &mut buf.x)?;
+
+    let shape = AttentionShape {
+        batch,
+        seq,
+        heads: vc.num_attention_heads,
+        head_dim: width / vc.num_attention_heads,
+    };
+    for layer in &tower.layers {
+        encoder_layer(layer, &mut buf, rows, shape, threads)?;
+    }
+
+    // Only the class token is pooled: normalise and project just those rows.
+    let mut pooled = vec![0.0f32; batch * width];
+    for (b, dst) in pooled.chunks_exact_mut(width).enumerate() {
+        dst.copy_from_slice(&buf.x[b * seq * width..][..width]);
+    }
+    let mut normed = vec![0.0f32; batch * width];
+    HeldNorm::new(&tower.post_ln)?.apply(&pooled, &mut normed)?;
+    let projection = HeldLinear::new(&tower.projection)?;
+    let mut out = vec![0.0f32; batch * projection.out];
+    projection.apply(&normed, batch, &mut out, false, threads)?;
+    if let Some(b) = &projection.bias {
+        kernels::add_bias_rows(&mut out, b.slice()?);
+    }
+    Ok(out)
+}
+
+/// One pre-norm block, in place on `buf.x`.
+fn encoder_layer(
+    layer: &EncoderLayer,
+    buf: &mut Buffers,
+    rows: usize,
+    shape: AttentionShape,
+    threads: usize,
+) -> Result<(), ModelError> {
+    let qkv = HeldLinear::new(&layer.attn.qkv)?;
+    let out = HeldLinear::new(&layer.attn.out)?;
+    let fc1 = HeldLinear::new(&layer.mlp.fc1)?;
+    let fc2 = HeldLinear::new(&layer.mlp.fc2)?;
+
+    HeldNorm::new(&layer.ln1)?.apply(&buf.x, &mut buf.normed)?;
+    qkv.apply(&buf.normed, rows, &mut buf.qkv, false, threads)?;
+    if let Some(b) = &qkv.bias {
+        kernels::add_bias_rows(&mut buf.qkv, b.slice()?);
+    }
+    kernels::attention(&buf.qkv, &mut buf.heads, &mut buf.attn, shape)?;
+    out.apply(&buf.attn, rows, &mut buf.x, true, threads)?;
+
+    HeldNorm::new(&layer.ln2)?.apply(&buf.x, &mut buf.normed)?;
+    fc1.apply(&buf.normed, rows, &mut buf.hidden, false, threads)?;
+    match &fc1.bias {
+        Some(b) => kernels::bias_activation_rows(&mut buf.hidden, b.slice()?, layer.mlp.act),
+        None => {
+            let zeros = vec![0.0f32; fc1.out];
+            kernels::bias_activation_rows(&mut buf.hidden, &zeros, layer.mlp.act)
+        }
+    }
+    fc2.apply(&buf.hidden, rows, &mut buf.x, true, threads)
+}
