@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compute::DTypeArg;
 use crate::inputs::{self, Input};
+use crate::pipeline::DecodeArgs;
 
 /// Arguments of `ongi bench`.
 #[derive(clap::Args, Debug)]
@@ -55,6 +56,9 @@ pub struct BenchArgs {
     /// directories instead of the model.
     #[arg(long, num_args = 1.., value_name = "PATH")]
     pub preprocess: Vec<PathBuf>,
+    // The JPEG decoding mode that --preprocess times.
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Internal: run the single thread setting in this process.
     #[arg(long, hide = true)]
     pub in_process: bool,
@@ -79,6 +83,8 @@ struct ModelResult {
 #[derive(Serialize, Debug)]
 struct PreprocessResult {
     mode: &'static str,
+    /// JPEG decoding mode (`exact` or `fast`).
+    decode: &'static str,
     files: usize,
     images: usize,
     images_per_sec: f64,
@@ -320,6 +326,7 @@ fn synthetic_pixels(batch: usize, size: usize, cfg: &PreprocessConfig) -> Result
 /// `--preprocess`: decode + preprocess of in-memory files, one thread.
 fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     let cfg = PreprocessConfig::from_model_dir(&args.model)?;
+    let decode = args.decode.mode();
     let mut files = Vec::new();
     for input in inputs::expand(&args.preprocess) {
         match input {
@@ -327,7 +334,7 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
                 let bytes =
                     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
                 // Fails early (and untimed) on a file that does not decode.
-                preprocess::load_and_preprocess(&bytes, &cfg)
+                preprocess::load_and_preprocess(&bytes, &cfg, decode)
                     .with_context(|| format!("preprocessing {}", path.display()))?;
                 files.push(bytes);
             }
@@ -340,14 +347,14 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     let rss_reset = reset_peak_rss();
     let sampler = Sampler::start(Duration::from_millis(50));
     for bytes in files.iter().cycle().take(args.warmup) {
-        std::hint::black_box(preprocess::load_and_preprocess(bytes, &cfg)?);
+        std::hint::black_box(preprocess::load_and_preprocess(bytes, &cfg, decode)?);
     }
     let images = args.images.max(files.len());
     let cpu0 = cpu_seconds()?;
     let t0 = Instant::now();
     sampler.mark_start();
     for bytes in files.iter().cycle().take(images) {
-        std::hint::black_box(preprocess::load_and_preprocess(bytes, &cfg)?);
+        std::hint::black_box(preprocess::load_and_preprocess(bytes, &cfg, decode)?);
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds()? - cpu0;
@@ -356,6 +363,7 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     let cpu_avg_pct = 100.0 * cpu / wall;
     let r = PreprocessResult {
         mode: "preprocess",
+        decode: decode.as_str(),
         files: files.len(),
         images,
         images_per_sec: images as f64 / wall,
@@ -372,8 +380,8 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     } else {
         writeln!(
             out,
-            "ongi bench --preprocess: decode + preprocess ({}x{} crop), 1 thread, files read into memory first",
-            cfg.crop_width, cfg.crop_height
+            "ongi bench --preprocess: {} decode + preprocess ({}x{} crop), 1 thread, files read into memory first",
+            decode, cfg.crop_width, cfg.crop_height
         )?;
         writeln!(
             out,

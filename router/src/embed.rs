@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use ongi_core::encoder::ClipImageEncoder;
-use ongi_core::preprocess::{self, PreprocessConfig};
+use ongi_core::preprocess::{self, DecodeMode, PreprocessConfig};
 use ongi_core::tokenize::ClipTokenizer;
 use ongi_model::clip::ClipModel;
 use rayon::prelude::*;
@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::compute::ComputeArgs;
 use crate::inputs::{self, Input};
+use crate::pipeline::DecodeArgs;
 
 /// Arguments of `ongi embed`.
 #[derive(clap::Args, Debug)]
@@ -36,6 +37,8 @@ pub struct EmbedArgs {
     /// Treat the inputs as strings to embed with the text tower.
     #[arg(long)]
     pub text: bool,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     #[command(flatten)]
     pub compute: ComputeArgs,
     /// Image files or directories (walked recursively), or strings with --text.
@@ -162,6 +165,7 @@ fn embed_images(
     let (tx, rx) = mpsc::sync_channel::<DecodedBatch>(1);
     let batch_size = args.batch_size;
     let encoder = ClipImageEncoder::new(model.clone());
+    let mode = args.decode.mode();
     let mut failures = 0;
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(|| {
@@ -169,7 +173,7 @@ fn embed_images(
                 let decoded = decode_pool.install(|| {
                     chunk
                         .par_iter()
-                        .map(|input| decode_one(input, &cfg))
+                        .map(|input| decode_one(input, &cfg, mode))
                         .collect::<Vec<_>>()
                 });
                 let (names, pixels) = decoded.into_iter().unzip();
@@ -190,14 +194,18 @@ fn embed_images(
     Ok(failures)
 }
 
-fn decode_one(input: &Input, cfg: &PreprocessConfig) -> (String, Result<Vec<f32>, String>) {
+fn decode_one(
+    input: &Input,
+    cfg: &PreprocessConfig,
+    mode: DecodeMode,
+) -> (String, Result<Vec<f32>, String>) {
     match input {
         Input::Error(path, err) => (path.display().to_string(), Err(err.clone())),
         Input::File(path) => {
             let pixels = std::fs::read(path)
                 .map_err(|e| format!("cannot read file: {e}"))
                 .and_then(|bytes| {
-                    preprocess::load_and_preprocess(&bytes, cfg).map_err(|e| e.to_string())
+                    preprocess::load_and_preprocess(&bytes, cfg, mode).map_err(|e| e.to_string())
                 });
             (path.display().to_string(), pixels)
         }

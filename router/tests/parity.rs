@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use ongi_core::preprocess::{decode_image, preprocess, PreprocessConfig};
+use ongi_core::preprocess::{
+    decode_image_scaled, load_and_preprocess, DecodeMode, PreprocessConfig, DEFAULT_MAX_PIXELS,
+};
 use ongi_core::tokenize::ClipTokenizer;
 use ongi_model::{ClipModel, VisionKernels};
 use serde_json::Value;
@@ -236,7 +238,8 @@ fn check_pipeline(fx: &Fixture) {
     let mut flat = Vec::new();
     for (file, want_px) in labels.iter().zip(&ref_pixels) {
         let bytes = std::fs::read(fixtures().join(file)).unwrap();
-        let ours = preprocess(&decode_image(&bytes).unwrap(), &config);
+        // The exact decode: the parity bar holds for it, not for the fast one.
+        let ours = load_and_preprocess(&bytes, &config, DecodeMode::Exact).unwrap();
         let theirs = want_px.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(ours.len(), theirs.len(), "{name} {file}: pixel count");
         let diffs: Vec<f32> = ours
@@ -295,6 +298,91 @@ fn vit_b32_random_pipeline_matches_transformers() {
     if let Some(fx) = vit_b32() {
         check_pipeline(&fx);
     }
+}
+
+/// Real photos for the fast-decode checks: `ONGI_REAL_PHOTOS`, else Debian's
+/// mate-backgrounds; `None` (skip) when absent, a panic under CI.
+fn real_photos() -> Option<Vec<PathBuf>> {
+    let dir = std::env::var_os("ONGI_REAL_PHOTOS").map_or_else(
+        || PathBuf::from("/usr/share/backgrounds/mate"),
+        PathBuf::from,
+    );
+    if !dir.is_dir() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is missing (install mate-backgrounds or set ONGI_REAL_PHOTOS)",
+            dir.display()
+        );
+        println!("real photos: skipped ({} is missing)", dir.display());
+        return None;
+    }
+    let mut photos = Vec::new();
+    let mut dirs = vec![dir];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
+            {
+                photos.push(path);
+            }
+        }
+    }
+    photos.sort();
+    Some(photos)
+}
+
+/// Issue #5: on real photos, embeddings from the DCT-reduced decode stay within
+/// cosine 0.995 of the exact decode's, through the full-size ViT-B/32 shape.
+#[test]
+fn vit_b32_random_fast_decode_stays_close_to_exact() {
+    const MIN_FAST_COSINE: f64 = 0.995;
+    let Some(fx) = vit_b32() else { return };
+    let Some(photos) = real_photos() else { return };
+    assert!(!photos.is_empty(), "no JPEGs among the real photos");
+    let device = Device::Cpu;
+    let model = ClipModel::load(&fx.model_dir, &device, DType::F32).unwrap();
+    let config = PreprocessConfig::from_model_dir(&fx.model_dir).unwrap();
+    let size = model.image_size();
+    let embed = |mode: DecodeMode| {
+        let mut flat = Vec::new();
+        for path in &photos {
+            let bytes = std::fs::read(path).unwrap();
+            flat.extend(load_and_preprocess(&bytes, &config, mode).unwrap());
+        }
+        let batch = Tensor::from_vec(flat, (photos.len(), 3, size, size), &device).unwrap();
+        model
+            .image_features(&batch)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let (exact, fast) = (embed(DecodeMode::Exact), embed(DecodeMode::Fast));
+    let mut min = f64::INFINITY;
+    let mut scaled = 0;
+    for ((path, e), f) in photos.iter().zip(&exact).zip(&fast) {
+        let bytes = std::fs::read(path).unwrap();
+        let min_edge = DecodeMode::Fast.min_shortest_edge(&config);
+        let denom = decode_image_scaled(&bytes, DEFAULT_MAX_PIXELS, min_edge)
+            .unwrap()
+            .scale_denom;
+        scaled += usize::from(denom > 1);
+        let cos = cosine(e, f);
+        println!(
+            "vit-b32-random fast vs exact {}: 1/{denom}, cosine {cos:.6}",
+            path.display()
+        );
+        min = min.min(cos);
+    }
+    println!("vit-b32-random fast vs exact: min cosine {min:.6} over {} photos ({scaled} reduced), bar {MIN_FAST_COSINE}", photos.len());
+    assert!(scaled > 0, "no photo was decoded reduced");
+    assert!(
+        min >= MIN_FAST_COSINE,
+        "min cosine {min} < {MIN_FAST_COSINE}"
+    );
 }
 
 /// Copies the tiny fixture into a temp dir, for breaking it.

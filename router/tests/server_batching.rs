@@ -148,7 +148,11 @@ async fn simultaneous_requests_share_batches_and_get_their_own_embeddings() {
     let store = ongi_core::store::open_store(&redis.url(), None)
         .await
         .unwrap();
-    let model_id = ongi_core::model_id::model_identity(&model).unwrap();
+    // The server runs the default decode mode, whose identity it stores under.
+    let model_id = ongi_core::model_id::with_decode_mode(
+        &ongi_core::model_id::model_identity(&model).unwrap(),
+        ongi_core::preprocess::DecodeMode::default(),
+    );
     let records = store.get_many(&model_id, &keys).await.unwrap();
     for (key, record) in keys.iter().zip(records) {
         let record = record.unwrap_or_else(|| panic!("no record for {key}"));

@@ -126,6 +126,7 @@ pub struct EmbeddingService {
     model_id: String,
     fetch_permits: Arc<Semaphore>,
     max_pixels: u64,
+    decode_mode: preprocess::DecodeMode,
     request_timeout: Option<Duration>,
 }
 
@@ -137,6 +138,8 @@ pub struct PipelineConfig {
     /// Most pixels a photo may declare in its header (decompression-bomb guard,
     /// see [`preprocess::decode_image_with_limit`]).
     pub max_pixels: u64,
+    /// Full-size or DCT-reduced JPEG decoding (see [`preprocess::DecodeMode`]).
+    pub decode_mode: preprocess::DecodeMode,
     /// Deadline of one [`EmbeddingService::embed`] call: photos not embedded by
     /// then fail with "deadline exceeded" and the finished ones are kept.
     pub request_timeout: Option<Duration>,
@@ -147,6 +150,7 @@ impl Default for PipelineConfig {
         Self {
             max_concurrent_fetches: 64,
             max_pixels: preprocess::DEFAULT_MAX_PIXELS,
+            decode_mode: preprocess::DecodeMode::default(),
             request_timeout: None,
         }
     }
@@ -172,6 +176,7 @@ impl EmbeddingService {
             model_id,
             fetch_permits: Arc::new(Semaphore::new(config.max_concurrent_fetches.max(1))),
             max_pixels: config.max_pixels,
+            decode_mode: config.decode_mode,
             request_timeout: config.request_timeout,
         }
     }
@@ -321,14 +326,22 @@ impl EmbeddingService {
         // the async runtime's threads.
         let cfg = self.preprocess.clone();
         let max_pixels = self.max_pixels;
+        let min_edge = self.decode_mode.min_shortest_edge(&cfg);
         let (tx, rx) = oneshot::channel();
         self.decode_pool.spawn(move || {
             let t = Instant::now();
-            let out = preprocess::decode_image_with_limit(&bytes, max_pixels).map(|img| {
+            let out = preprocess::decode_image_scaled(&bytes, max_pixels, min_edge).map(|d| {
                 let decode = t.elapsed();
                 let t = Instant::now();
-                let pixels = preprocess::preprocess(&img, &cfg);
-                let pixel_features = features::pixel_features(&img);
+                let pixels = preprocess::preprocess_decoded(&d, &cfg);
+                // pHash and blur come from the decoded (maybe reduced) pixels; both
+                // shrink the photo far below the reduced size first. The record
+                // keeps the photo's real size.
+                let pixel_features = features::PixelFeatures {
+                    width: d.width,
+                    height: d.height,
+                    ..features::pixel_features(&d.image)
+                };
                 (pixels, pixel_features, decode, t.elapsed())
             });
             let _ = tx.send(out);

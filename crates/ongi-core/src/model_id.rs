@@ -7,6 +7,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use crate::preprocess::DecodeMode;
+
 /// Bytes read from each of the sampled blocks of the weights file.
 const BLOCK: u64 = 64 * 1024;
 /// Number of blocks sampled across the weights file.
@@ -41,6 +43,17 @@ pub fn model_identity(dir: &Path) -> std::io::Result<String> {
     Ok(format!("clip-{hex}"))
 }
 
+/// The identity under which features computed in `mode` are cached: `id` itself
+/// for exact decoding (the identity cached features always had), `id` + `-fast`
+/// for DCT-reduced decoding. Fast embeddings sit within cosine 0.995 of exact ones,
+/// not within the 0.99999 parity bar, so the two must not share cache entries.
+pub fn with_decode_mode(id: &str, mode: DecodeMode) -> String {
+    match mode {
+        DecodeMode::Exact => id.to_owned(),
+        DecodeMode::Fast => format!("{id}-{}", mode.as_str()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +80,14 @@ mod tests {
         assert_ne!(ida, model_identity(b.path()).unwrap());
         assert_ne!(ida, model_identity(c.path()).unwrap());
         assert!(model_identity(&a.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn decode_mode_separates_identities() {
+        assert_eq!(with_decode_mode("clip-ab", DecodeMode::Exact), "clip-ab");
+        assert_eq!(
+            with_decode_mode("clip-ab", DecodeMode::Fast),
+            "clip-ab-fast"
+        );
     }
 }

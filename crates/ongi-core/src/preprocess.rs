@@ -26,7 +26,10 @@ use image::RgbImage;
 pub use config::{
     PreprocessConfig, Resample, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PREPROCESSOR_CONFIG_FILE,
 };
-pub use decode::{decode_image, decode_image_with_limit, DEFAULT_MAX_PIXELS};
+pub use decode::{
+    decode_image, decode_image_scaled, decode_image_with_limit, scale_denom_for, DecodeMode,
+    DecodedImage, DEFAULT_MAX_PIXELS, FAST_SAFETY_FACTOR,
+};
 
 /// Why an image or a preprocessing configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +150,37 @@ fn value_table(cfg: &PreprocessConfig) -> [[f32; 256]; 3] {
 /// without it, the resized image's own size). Never fails: an empty image yields
 /// the crop filled with the value of black padding, as transformers pads.
 pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
-    let (src_w, src_h) = (u64::from(img.width()), u64::from(img.height()));
+    let src_box = [0.0, 0.0, img.width() as f32, img.height() as f32];
+    preprocess_box(img, img.dimensions(), src_box, cfg)
+}
+
+/// [`preprocess`] of a possibly reduced decode: sizes and crop offsets come from
+/// the full-size photo, as on the exact path, and the resize reads the reduced
+/// pixels through [`DecodedImage::source_box`], so both paths sample the same
+/// output grid. Equal to [`preprocess`] of the image when it is full size.
+pub fn preprocess_decoded(decoded: &DecodedImage, cfg: &PreprocessConfig) -> Vec<f32> {
+    if decoded.scale_denom > 1 && !cfg.do_resize {
+        // Unreachable through `DecodeMode` (no reduction without a resize); the
+        // reduced pixels are all there is, so take them as they are.
+        return preprocess(&decoded.image, cfg);
+    }
+    preprocess_box(
+        &decoded.image,
+        (decoded.width, decoded.height),
+        decoded.source_box,
+        cfg,
+    )
+}
+
+/// The preprocessing proper: `full` is the photo's size, `src_box` where it lies
+/// in `img`.
+fn preprocess_box(
+    img: &RgbImage,
+    full: (u32, u32),
+    src_box: [f32; 4],
+    cfg: &PreprocessConfig,
+) -> Vec<f32> {
+    let (src_w, src_h) = (u64::from(full.0), u64::from(full.1));
     let (rw, rh) = if cfg.do_resize {
         resize_output_size(src_w, src_h, u64::from(cfg.shortest_edge))
     } else {
@@ -171,8 +204,9 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
 
     // Only the pixels that survive the crop are resampled; each is bit-identical to
     // the same pixel of the full resize (see `resize`).
-    let window = resize::resample_window(
+    let window = resize::resample_window_box(
         img,
+        src_box,
         (rw as usize, rh as usize),
         resize::Window {
             x: x0 as usize,
@@ -212,12 +246,14 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
     out
 }
 
-/// [`decode_image`] then [`preprocess`].
+/// Decodes (in `mode`, with [`DEFAULT_MAX_PIXELS`]) then preprocesses.
 pub fn load_and_preprocess(
     bytes: &[u8],
     cfg: &PreprocessConfig,
+    mode: DecodeMode,
 ) -> Result<Vec<f32>, PreprocessError> {
-    Ok(preprocess(&decode_image(bytes)?, cfg))
+    let decoded = decode_image_scaled(bytes, DEFAULT_MAX_PIXELS, mode.min_shortest_edge(cfg))?;
+    Ok(preprocess_decoded(&decoded, cfg))
 }
 
 #[cfg(test)]
@@ -318,8 +354,12 @@ mod tests {
 
     #[test]
     fn load_and_preprocess_reports_decode_errors() {
-        let err = load_and_preprocess(b"definitely not an image", &PreprocessConfig::default())
-            .unwrap_err();
+        let err = load_and_preprocess(
+            b"definitely not an image",
+            &PreprocessConfig::default(),
+            DecodeMode::Fast,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("not a recognised image"), "{err}");
     }
 }

@@ -25,6 +25,7 @@ use image::{DynamicImage, RgbImage};
 use mozjpeg::{ColorSpace, DctMethod, Decompress, Marker};
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr};
 
+use super::decode::{oriented_source_box, scale_denom_for, DecodedImage};
 use super::PreprocessError;
 
 // With panic=abort, libjpeg's error exit would abort the whole server on the first
@@ -71,11 +72,21 @@ struct LibjpegFailure(String);
 /// Decodes a JPEG to upright RGB8 as `Image.open` → `exif_transpose` →
 /// `convert("RGB")` does, refusing images of more than `max_pixels` pixels before
 /// allocating anything for them.
-pub(super) fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessError> {
+///
+/// With `min_shortest_edge`, libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT
+/// domain when the reduced image still has a shorter side of at least that many
+/// pixels (see [`scale_denom_for`]); without it the output is PIL's, bit for bit.
+pub(super) fn decode_jpeg(
+    bytes: &[u8],
+    max_pixels: u64,
+    min_shortest_edge: Option<u32>,
+) -> Result<DecodedImage, PreprocessError> {
     // Everything libjpeg touched is dropped inside the closure (its `Drop` calls
     // `jpeg_destroy_decompress`, valid after an error exit), so nothing observes
     // half-updated state afterwards and asserting unwind safety is sound.
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| decode_unwinding(bytes, max_pixels)));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        decode_unwinding(bytes, max_pixels, min_shortest_edge)
+    }));
     let result = outcome.unwrap_or_else(|payload| {
         Err(match payload.downcast::<LibjpegFailure>() {
             Ok(failure) => JpegError::Libjpeg(failure.0),
@@ -95,13 +106,18 @@ pub(super) fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Pre
 }
 
 /// The decode proper; libjpeg errors leave it by unwinding.
-fn decode_unwinding(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, JpegError> {
+fn decode_unwinding(
+    bytes: &[u8],
+    max_pixels: u64,
+    min_shortest_edge: Option<u32>,
+) -> Result<DecodedImage, JpegError> {
     // Only APP1 is needed (EXIF and XMP); saving nothing else keeps memory bounded.
     let mut dec = Decompress::builder()
         .with_err(error_mgr())
         .with_markers(&[Marker::APP(1)])
         .from_mem(bytes)?;
 
+    // The bomb check uses the full header size, whatever scale is decoded below.
     let (width, height) = dec.size();
     let pixels = (width as u64).saturating_mul(height as u64);
     if pixels > max_pixels {
@@ -126,6 +142,18 @@ fn decode_unwinding(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, JpegError
     dec.dct_method(DctMethod::IntegerSlow);
     dec.do_fancy_upsampling(true);
     dec.do_block_smoothing(true);
+    // The shorter side is the same before and after EXIF rotation, so the header
+    // size decides the scale. Denominator 1 leaves libjpeg's scaling untouched, so
+    // the exact path stays PIL's.
+    let (full_w, full_h) = (
+        u32::try_from(width).map_err(|_| JpegError::Libjpeg("width overflows u32".into()))?,
+        u32::try_from(height).map_err(|_| JpegError::Libjpeg("height overflows u32".into()))?,
+    );
+    let denom = min_shortest_edge.map_or(1, |min| scale_denom_for(full_w, full_h, min));
+    if denom > 1 {
+        // mozjpeg's `scale(n)` means n/8.
+        dec.scale((8 / denom) as u8);
+    }
 
     // L → RGB in Pillow replicates the grey value, as libjpeg's gray → RGB does.
     // CMYK: Pillow asks libjpeg for CMYK (it converts YCCK) and reads it as Adobe's
@@ -152,7 +180,28 @@ fn decode_unwinding(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, JpegError
         .ok_or_else(|| JpegError::Libjpeg("libjpeg returned fewer pixels than declared".into()))?;
     let mut img = DynamicImage::ImageRgb8(img);
     img.apply_orientation(orientation);
-    Ok(img.into_rgb8())
+    let image = img.into_rgb8();
+    // The reduced image covers whole 8×8 blocks, so its last column and row may
+    // reach past the picture; the box says where the picture itself lies.
+    let source_box = oriented_source_box(
+        (full_w as f32 / denom as f32, full_h as f32 / denom as f32),
+        (w as f32, h as f32),
+        orientation,
+    );
+    let (width, height) = match orientation {
+        Orientation::Rotate90
+        | Orientation::Rotate270
+        | Orientation::Rotate90FlipH
+        | Orientation::Rotate270FlipH => (full_h, full_w),
+        _ => (full_w, full_h),
+    };
+    Ok(DecodedImage {
+        image,
+        width,
+        height,
+        scale_denom: denom,
+        source_box,
+    })
 }
 
 /// An error manager whose exits unwind instead of calling `exit()`.

@@ -150,18 +150,16 @@ impl Coeffs {
 }
 
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for output pixels
-/// `out_range` of a resize from `in_size` to `out_size` (the source box is the whole
-/// input, as in `Image.resize` without `box`).
+/// `out_range` of a resize from the source span `in0..in1` of an axis of `in_size`
+/// pixels to `out_size` (Pillow's `box`; `0..in_size` without one).
 fn precompute_coeffs(
     in_size: usize,
+    (in0, in1): (f32, f32),
     out_size: usize,
     out_range: std::ops::Range<usize>,
     filter: &Filter,
 ) -> Coeffs {
     // Pillow passes the box as C floats; `in1 - in0` is computed in f32 and widened.
-    // Exact for any size below 2^24; kept for fidelity.
-    let in0 = 0.0f32;
-    let in1 = in_size as f32;
     let scale = f64::from(in1 - in0) / out_size as f64;
     // Downscaling widens the kernel by the scale factor (it becomes a low-pass
     // filter); upscaling keeps it at its natural width.
@@ -302,6 +300,20 @@ pub fn resample_window(
     window: Window,
     resample: Resample,
 ) -> RgbImage {
+    let src_box = [0.0, 0.0, src.width() as f32, src.height() as f32];
+    resample_window_box(src, src_box, out, window, resample)
+}
+
+/// [`resample_window`] of the part `src_box` (x0, y0, x1, y1, fractional) of `src`,
+/// as Pillow's `Image.resize(out, resample, box=src_box)`: the box is stretched
+/// over the output, and filter taps may still read pixels just outside it.
+pub fn resample_window_box(
+    src: &RgbImage,
+    src_box: [f32; 4],
+    out: (usize, usize),
+    window: Window,
+    resample: Resample,
+) -> RgbImage {
     let (out_w, out_h) = out;
     let (src_w, src_h) = (src.width() as usize, src.height() as usize);
     let x0 = window.x.min(out_w);
@@ -319,19 +331,21 @@ pub fn resample_window(
 
     // Pillow skips a pass whose size does not change (`need_horizontal` /
     // `need_vertical` in ImagingResampleInner); an identity pass is a plain copy.
-    let need_horizontal = out_w != src_w;
-    let need_vertical = out_h != src_h;
+    let [bx0, by0, bx1, by1] = src_box;
+    let need_horizontal = out_w != src_w || bx0 != 0.0 || bx1 != src_w as f32;
+    let need_vertical = out_h != src_h || by0 != 0.0 || by1 != src_h as f32;
 
     // The input rows the vertical pass reads, so the horizontal pass only does those
     // (Pillow's ybox_first / ybox_last).
-    let vcoeffs = need_vertical.then(|| precompute_coeffs(src_h, out_h, y0..y0 + h, &filter));
+    let vcoeffs =
+        need_vertical.then(|| precompute_coeffs(src_h, (by0, by1), out_h, y0..y0 + h, &filter));
     let (row_lo, row_hi) = match &vcoeffs {
         Some(c) => c.input_span(),
         None => (y0, y0 + h),
     };
 
     let temp = if need_horizontal {
-        let hcoeffs = precompute_coeffs(src_w, out_w, x0..x0 + w, &filter);
+        let hcoeffs = precompute_coeffs(src_w, (bx0, bx1), out_w, x0..x0 + w, &filter);
         horizontal_pass(raw, src_w, row_lo..row_hi, &hcoeffs)
     } else {
         let mut temp = Vec::with_capacity((row_hi - row_lo) * w * 3);
@@ -395,7 +409,7 @@ mod tests {
     fn coefficients_by_hand() {
         // Bicubic 4 → 2: support 4, centre 1.0, xmin = (int)(1 - 4 + 0.5) → 0,
         // xmax = (int)(1 + 4 + 0.5) = 5 → clamped to 4; taps at (x - 1 + 0.5) / 2.
-        let c = precompute_coeffs(4, 2, 0..2, &filter_for(Resample::Bicubic));
+        let c = precompute_coeffs(4, (0.0, 4.0), 2, 0..2, &filter_for(Resample::Bicubic));
         assert_eq!(c.stride, 9);
         assert_eq!(c.bounds, vec![(0, 4), (0, 4)]);
         let sum: i32 = c.taps(0).1.iter().sum();
