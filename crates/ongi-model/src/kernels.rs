@@ -50,6 +50,15 @@ pub(crate) fn pack_panels(w: &[f32], out: usize, k: usize) -> Vec<f32> {
     packed
 }
 
+/// gemm copies its left operand into a packed buffer once a call has more
+/// than `threshold × 6` columns (default 8: 48 tokens, so one 50-token image
+/// already triggered it). Our panels are that packed layout already, and the
+/// copy serialised the weights' trip from memory with the arithmetic instead
+/// of letting the prefetcher overlap them. Raised to gemm's maximum once, for
+/// the single-threaded calls `linear` makes (candle's multi-threaded calls use
+/// a separate threshold).
+static PANELS_ARE_PACKED: std::sync::Once = std::sync::Once::new();
+
 /// A pointer that may cross into rayon tasks writing disjoint columns.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -89,6 +98,7 @@ pub(crate) fn linear(
         }
         return Ok(());
     }
+    PANELS_ARE_PACKED.call_once(|| gemm::set_lhs_packing_threshold_single_thread(256));
     let panels = out.div_ceil(PANEL);
     let dst_ptr = SendPtr(dst.as_mut_ptr());
     let run = |p: usize| {
