@@ -62,7 +62,8 @@ static PANELS_ARE_PACKED: std::sync::Once = std::sync::Once::new();
 /// A pointer that may cross into rayon tasks writing disjoint columns.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// SAFETY: only used by `linear`, whose tasks write disjoint column ranges.
+// SAFETY: only used by `linear` and `attention`, whose tasks write disjoint
+// column ranges of one output buffer that outlives them.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
@@ -312,96 +313,102 @@ pub(crate) struct AttentionShape {
 /// Unmasked softmax attention.
 ///
 /// `qkv`: `[batch·seq, 3·width]` rows `[q | k | v]` with the scale already in
-/// q; `heads_out`: scratch `[batch, heads, seq, head_dim]`; `out`:
-/// `[batch·seq, width]` with the heads concatenated, as the output projection
-/// takes them. One rayon task per (sequence, head).
-pub(crate) fn attention(
-    qkv: &[f32],
-    heads_out: &mut [f32],
-    out: &mut [f32],
-    s: AttentionShape,
-) -> Result<(), ModelError> {
+/// q; `out`: `[batch·seq, width]` with the heads concatenated, as the output
+/// projection takes them. One rayon task per (sequence, head) runs two small
+/// gemm products on strided views of `qkv` (no head-major copies) and writes
+/// its head's columns of `out` in place.
+pub(crate) fn attention(qkv: &[f32], out: &mut [f32], s: AttentionShape) -> Result<(), ModelError> {
     let width = s.heads * s.head_dim;
     let rows = s.batch * s.seq;
-    if qkv.len() != rows * 3 * width || heads_out.len() != rows * width || out.len() != rows * width
-    {
+    if qkv.len() != rows * 3 * width || out.len() != rows * width {
         return Err(kernel_err("attention operand sizes do not match"));
     }
     if rows == 0 || width == 0 {
         return Ok(());
     }
-    heads_out
-        .par_chunks_mut(s.seq * s.head_dim)
-        .enumerate()
-        .for_each(|(bh, o)| {
-            let (b, h) = (bh / s.heads, bh % s.heads);
-            one_head(qkv, o, b, h, s);
-        });
-    // Interleave the heads back into rows (cheap next to the projections).
-    out.par_chunks_mut(width * s.seq)
-        .enumerate()
-        .for_each(|(b, rows_b)| {
-            for (i, row) in rows_b.chunks_exact_mut(width).enumerate() {
-                for (h, dst) in row.chunks_exact_mut(s.head_dim).enumerate() {
-                    let src = ((b * s.heads + h) * s.seq + i) * s.head_dim;
-                    dst.copy_from_slice(&heads_out[src..src + s.head_dim]);
-                }
-            }
-        });
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..s.batch * s.heads).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / s.heads, bh % s.heads);
+        let (seq, hd) = (s.seq, s.head_dim);
+        let row0 = b * seq * 3 * width;
+        let q = qkv[row0 + h * hd..].as_ptr();
+        let k = qkv[row0 + width + h * hd..].as_ptr();
+        let v = qkv[row0 + 2 * width + h * hd..].as_ptr();
+        let mut scores = vec![0.0f32; seq * seq];
+        // SAFETY (both calls): q, k and v point at element (b·seq, part·width
+        // + h·hd) of `qkv`; the products read rows 0..seq at stride 3·width and
+        // columns 0..hd, the last element being (b·seq + seq − 1)·3·width +
+        // part·width + h·hd + hd − 1 < rows·3·width, inside the slice checked
+        // above. `scores` is seq×seq, written as scores[i·seq + j]. The output
+        // writes out[(b·seq + i)·width + h·hd + d] for i < seq, d < hd: inside
+        // `out`, and disjoint between tasks (each (b, h) owns its columns).
+        unsafe {
+            // scores[i][j] = q_i · k_j: dst(j, i), lhs(j, d) = k_j[d], rhs(d, i) = q_i[d].
+            gemm::gemm(
+                seq,
+                seq,
+                hd,
+                scores.as_mut_ptr(),
+                seq as isize,
+                1,
+                false,
+                k,
+                1,
+                3 * width as isize,
+                q,
+                3 * width as isize,
+                1,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+        softmax_rows(&mut scores, seq);
+        let o = out_ptr;
+        unsafe {
+            // out_i[d] = Σ_j p_ij v_j[d]: dst(d, i), lhs(d, j) = v_j[d], rhs(j, i) = p_ij.
+            gemm::gemm(
+                hd,
+                seq,
+                seq,
+                o.0.add(b * seq * width + h * hd),
+                width as isize,
+                1,
+                false,
+                v,
+                3 * width as isize,
+                1,
+                scores.as_ptr(),
+                seq as isize,
+                1,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    });
     Ok(())
 }
 
+/// Row-wise softmax of a `[rows, width]` matrix, in place.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn one_head(qkv: &[f32], out: &mut [f32], b: usize, h: usize, s: AttentionShape) {
-    let width = s.heads * s.head_dim;
-    let hd = s.head_dim;
-    let row = |i: usize, part: usize| {
-        let start = (b * s.seq + i) * 3 * width + part * width + h * hd;
-        &qkv[start..start + hd]
-    };
-    let mut probs = vec![0.0f32; s.seq];
-    for (i, o) in out.chunks_exact_mut(hd).enumerate() {
-        let q = row(i, 0);
-        let mut max = f32::NEG_INFINITY;
-        for (j, p) in probs.iter_mut().enumerate() {
-            let score = dot(q, row(j, 1));
-            *p = score;
-            max = max.max(score);
+fn softmax_rows(x: &mut [f32], width: usize) {
+    for row in x.chunks_exact_mut(width) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for v in row.iter_mut() {
+            *v = exp(*v - max);
         }
-        let mut sum = 0.0;
-        for p in probs.iter_mut() {
-            *p = exp(*p - max);
-            sum += *p;
-        }
-        let inv = 1.0 / sum;
-        o.fill(0.0);
-        for (j, &p) in probs.iter().enumerate() {
-            let pj = p * inv;
-            for (d, &v) in o.iter_mut().zip(row(j, 2)) {
-                *d = pj.mul_add(v, *d);
-            }
+        let inv = 1.0 / sum16(row, |v| v);
+        for v in row.iter_mut() {
+            *v *= inv;
         }
     }
-}
-
-/// Dot product with 16 partial sums (vectorises; head_dim is 64 in CLIP).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for ((acc, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *acc = x.mul_add(y, *acc);
-        }
-    }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -514,9 +521,8 @@ mod tests {
         let width = s.heads * s.head_dim;
         let rows = s.batch * s.seq;
         let qkv = values(rows * 3 * width, 4);
-        let mut scratch = vec![0.0; rows * width];
         let mut out = vec![0.0; rows * width];
-        attention(&qkv, &mut scratch, &mut out, s).unwrap();
+        attention(&qkv, &mut out, s).unwrap();
         for b in 0..s.batch {
             for h in 0..s.heads {
                 for i in 0..s.seq {

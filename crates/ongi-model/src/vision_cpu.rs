@@ -4,8 +4,8 @@
 //! `CLIPVisionModel`), reorganised for a CPU: activations live in a handful of
 //! row-major buffers allocated once per call and reused by every layer; bias
 //! and residual adds fold into the matrix products' accumulate mode or into one
-//! pass with the activation; attention runs per (image, head) without
-//! materialising head-major copies of q, k and v; every pass is parallel over
+//! pass with the activation; attention runs per (image, head) on strided
+//! views of the fused q/k/v rows, without head-major copies; every pass is parallel over
 //! the global rayon pool, so exactly the configured threads compute. Weights
 //! are read in place from the candle tensors that hold them (no second copy).
 
@@ -113,8 +113,6 @@ struct Buffers {
     normed: Vec<f32>,
     /// `[rows, 3·width]`.
     qkv: Vec<f32>,
-    /// Attention scratch `[batch, heads, seq, head_dim]`.
-    heads: Vec<f32>,
     /// Attention output `[rows, width]`.
     attn: Vec<f32>,
     /// MLP hidden `[rows, intermediate]`.
@@ -181,7 +179,6 @@ pub(crate) fn image_features(
         x: vec![0.0; rows * width],
         normed: vec![0.0; rows * width],
         qkv: vec![0.0; rows * 3 * width],
-        heads: vec![0.0; rows * width],
         attn: vec![0.0; rows * width],
         hidden: vec![0.0; rows * vc.intermediate_size],
     };
@@ -247,7 +244,7 @@ fn encoder_layer(
     if let Some(b) = &qkv.bias {
         kernels::add_bias_rows(&mut buf.qkv, b.slice()?);
     }
-    kernels::attention(&buf.qkv, &mut buf.heads, &mut buf.attn, shape)?;
+    kernels::attention(&buf.qkv, &mut buf.attn, shape)?;
     out.apply(&buf.attn, rows, &mut buf.x, true, threads)?;
 
     HeldNorm::new(&layer.ln2)?.apply(&buf.x, &mut buf.normed)?;
