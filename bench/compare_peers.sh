@@ -3,7 +3,15 @@
 # and the Python (PIL + transformers) reference pipeline, in one run, as ratios.
 #
 #   bench/compare_peers.sh [--batch-sizes 1,16] [--threads 1,2] [--images 32]
-#                          [--preprocess-images 8] [--no-preprocess]
+#                          [--preprocess-images 8] [--rounds 3] [--no-preprocess]
+#                          [--no-memory]
+#
+# The image tower is timed in --rounds rounds, each running every engine at
+# every thread count in turn; the table shows each setting's median round.
+#
+# Preprocessing is timed for ongi's exact (PIL bit-exact) and fast
+# (DCT-scaled JPEG decode, the default) paths; then bench/serve_memory.sh
+# measures `ongi serve`'s peak RSS (skip with --no-memory).
 #
 # Environment:
 #   ONGI_BENCH_VENV    Python venv for the peers (default ~/.cache/ongi/bench-venv;
@@ -17,8 +25,9 @@
 #                      full-size random checkpoint + vision.onnx, built once by
 #                      scripts/make_fixtures.py --full --onnx) and bench-photos/
 #   ONGI_BENCH_PHOTO_SRC  directory of source JPEGs for the 12-MP photos (default
-#                      /work/dl/mate/usr/share/backgrounds/mate/nature when present,
-#                      else tests/fixtures/photos)
+#                      /usr/share/backgrounds/mate/nature, from Debian's
+#                      mate-backgrounds, which .ci/run installs; else
+#                      tests/fixtures/photos)
 #
 # Each engine runs in its own process per thread count. Raw JSON lines are kept
 # in a temp dir whose path is printed at the end.
@@ -29,14 +38,18 @@ THREADS=1,2
 IMAGES=32
 PRE_IMAGES=8
 DO_PRE=1
+DO_MEM=1
+ROUNDS=3
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --batch-sizes) BATCH_SIZES=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
         --images) IMAGES=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
         --preprocess-images) PRE_IMAGES=$2; shift 2 ;;
         --no-preprocess) DO_PRE=0; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --no-memory) DO_MEM=0; shift ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -100,26 +113,30 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/ongi-compare.XXXXXX")
 log "raw results in $WORK"
 log "load before: $(uptime)"
 
-log "ongi bench (threads $THREADS, batch sizes $BATCH_SIZES, $IMAGES images)"
-"$ONGI" bench --model "$MODEL" --batch-sizes "$BATCH_SIZES" --threads "$THREADS" \
-    --images "$IMAGES" --json > "$WORK/ongi.jsonl"
-
-# --- 4. peers: one process per engine per thread count ----------------------
+# --- 4. ongi and its peers, interleaved: one process per engine per thread
+# count, ROUNDS times over; the table takes each setting's median, so a
+# slow spell of the machine hits every engine alike instead of one.
+: > "$WORK/ongi.jsonl"
 : > "$WORK/ort.jsonl"
 : > "$WORK/torch.jsonl"
 IFS=, read -r -a TLIST <<< "$THREADS"
-for t in "${TLIST[@]}"; do
-    for engine in ort torch; do
-        log "$engine, $t thread(s)"
-        "$PY" "$REPO/bench/peers.py" model --engine "$engine" --model "$MODEL" --threads "$t" \
-            --batch-sizes "$BATCH_SIZES" --images "$IMAGES" >> "$WORK/$engine.jsonl"
+for round in $(seq 1 "$ROUNDS"); do
+    for t in "${TLIST[@]}"; do
+        log "round $round/$ROUNDS: ongi, $t thread(s)"
+        "$ONGI" bench --model "$MODEL" --batch-sizes "$BATCH_SIZES" --threads "$t" \
+            --images "$IMAGES" --json >> "$WORK/ongi.jsonl"
+        for engine in ort torch; do
+            log "round $round/$ROUNDS: $engine, $t thread(s)"
+            "$PY" "$REPO/bench/peers.py" model --engine "$engine" --model "$MODEL" --threads "$t" \
+                --batch-sizes "$BATCH_SIZES" --images "$IMAGES" >> "$WORK/$engine.jsonl"
+        done
     done
 done
 
 # --- 5. preprocessing: 12-MP JPEGs, ongi vs PIL + CLIPImageProcessor -------
 PRE_ARGS=()
 if [[ $DO_PRE == 1 ]]; then
-    SRC=${ONGI_BENCH_PHOTO_SRC:-/work/dl/mate/usr/share/backgrounds/mate/nature}
+    SRC=${ONGI_BENCH_PHOTO_SRC:-/usr/share/backgrounds/mate/nature}
     if ! compgen -G "$SRC/*.jpg" > /dev/null; then
         SRC=$REPO/tests/fixtures/photos
     fi
@@ -128,9 +145,11 @@ if [[ $DO_PRE == 1 ]]; then
     log "12-MP photos in $PHOTOS (sources: $SRC)"
     "$PY" "$REPO/bench/peers.py" photos --out "$PHOTOS" --count 4 "${SRCS[@]}"
     mapfile -t PFILES < <(ls "$PHOTOS"/photo12mp_*.jpg)
-    log "ongi bench --preprocess (${#PFILES[@]} files, $PRE_IMAGES images)"
-    "$ONGI" bench --model "$MODEL" --preprocess "${PFILES[@]}" --images "$PRE_IMAGES" --json \
-        > "$WORK/ongi_pre.jsonl"
+    for mode in exact fast; do
+        log "ongi bench --preprocess --decode $mode (${#PFILES[@]} files, $PRE_IMAGES images)"
+        "$ONGI" bench --model "$MODEL" --preprocess "${PFILES[@]}" --images "$PRE_IMAGES" \
+            --decode "$mode" --json >> "$WORK/ongi_pre.jsonl"
+    done
     log "Python reference preprocessing"
     "$PY" "$REPO/bench/peers.py" preprocess --model "$MODEL" --images "$PRE_IMAGES" "${PFILES[@]}" \
         > "$WORK/py_pre.jsonl"
@@ -141,5 +160,11 @@ log "load after: $(uptime)"
 echo
 "$PY" "$REPO/bench/peers.py" table --ongi "$WORK/ongi.jsonl" --ort "$WORK/ort.jsonl" \
     --torch "$WORK/torch.jsonl" "${PRE_ARGS[@]}"
+echo
+if [[ $DO_MEM == 1 ]]; then
+    echo
+    echo "ongi serve, peak RSS while embedding 16 12-MP photos (bench/serve_memory.sh)"
+    ONGI_BENCH_CACHE=$CACHE "$REPO/bench/serve_memory.sh"
+fi
 echo
 echo "machine: $(nproc) CPUs, $(uptime | sed 's/.*load/load/'); raw JSON lines: $WORK"

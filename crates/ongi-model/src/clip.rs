@@ -345,7 +345,12 @@ impl ClipModel {
                     .to_dtype(DType::F32)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                let features = crate::vision_cpu::image_features(&self.vision, vc, &pixels, batch)?;
+                // Run the whole forward on a pool thread: its ~130 parallel
+                // passes per image then start from inside the pool instead of
+                // each waking the pool from outside.
+                let features = rayon::scope(|_| {
+                    crate::vision_cpu::image_features(&self.vision, vc, &pixels, batch)
+                })?;
                 Ok(Tensor::from_vec(
                     features,
                     (batch, self.projection_dim()),

@@ -310,17 +310,23 @@ pub(crate) struct AttentionShape {
     pub head_dim: usize,
 }
 
-/// Unmasked softmax attention.
+/// Unmasked softmax attention for the first `queries` positions of each
+/// sequence (all of them, or just the class token) over all its keys.
 ///
 /// `qkv`: `[batch·seq, 3·width]` rows `[q | k | v]` with the scale already in
-/// q; `out`: `[batch·seq, width]` with the heads concatenated, as the output
-/// projection takes them. One rayon task per (sequence, head) runs two small
+/// q; `out`: `[batch·queries, width]` with the heads concatenated, as the
+/// output projection takes them. One rayon task per (sequence, head) runs two small
 /// gemm products on strided views of `qkv` (no head-major copies) and writes
 /// its head's columns of `out` in place.
-pub(crate) fn attention(qkv: &[f32], out: &mut [f32], s: AttentionShape) -> Result<(), ModelError> {
+pub(crate) fn attention(
+    qkv: &[f32],
+    out: &mut [f32],
+    s: AttentionShape,
+    queries: usize,
+) -> Result<(), ModelError> {
     let width = s.heads * s.head_dim;
     let rows = s.batch * s.seq;
-    if qkv.len() != rows * 3 * width || out.len() != rows * width {
+    if queries > s.seq || qkv.len() != rows * 3 * width || out.len() != s.batch * queries * width {
         return Err(kernel_err("attention operand sizes do not match"));
     }
     if rows == 0 || width == 0 {
@@ -334,19 +340,20 @@ pub(crate) fn attention(qkv: &[f32], out: &mut [f32], s: AttentionShape) -> Resu
         let q = qkv[row0 + h * hd..].as_ptr();
         let k = qkv[row0 + width + h * hd..].as_ptr();
         let v = qkv[row0 + 2 * width + h * hd..].as_ptr();
-        let mut scores = vec![0.0f32; seq * seq];
+        let mut scores = vec![0.0f32; queries * seq];
         // SAFETY (both calls): q, k and v point at element (b·seq, part·width
-        // + h·hd) of `qkv`; the products read rows 0..seq at stride 3·width and
-        // columns 0..hd, the last element being (b·seq + seq − 1)·3·width +
-        // part·width + h·hd + hd − 1 < rows·3·width, inside the slice checked
-        // above. `scores` is seq×seq, written as scores[i·seq + j]. The output
-        // writes out[(b·seq + i)·width + h·hd + d] for i < seq, d < hd: inside
-        // `out`, and disjoint between tasks (each (b, h) owns its columns).
+        // + h·hd) of `qkv`; the products read rows 0..seq (q: 0..queries ≤ seq)
+        // at stride 3·width and columns 0..hd, the last element being
+        // (b·seq + seq − 1)·3·width + part·width + h·hd + hd − 1 < rows·3·width,
+        // inside the slice checked above. `scores` is queries×seq, written as
+        // scores[i·seq + j]. The output writes out[(b·queries + i)·width + h·hd
+        // + d] for i < queries, d < hd: inside `out` (checked above), and
+        // disjoint between tasks (each (b, h) owns its columns).
         unsafe {
             // scores[i][j] = q_i · k_j: dst(j, i), lhs(j, d) = k_j[d], rhs(d, i) = q_i[d].
             gemm::gemm(
                 seq,
-                seq,
+                queries,
                 hd,
                 scores.as_mut_ptr(),
                 seq as isize,
@@ -372,9 +379,9 @@ pub(crate) fn attention(qkv: &[f32], out: &mut [f32], s: AttentionShape) -> Resu
             // out_i[d] = Σ_j p_ij v_j[d]: dst(d, i), lhs(d, j) = v_j[d], rhs(j, i) = p_ij.
             gemm::gemm(
                 hd,
+                queries,
                 seq,
-                seq,
-                o.0.add(b * seq * width + h * hd),
+                o.0.add(b * queries * width + h * hd),
                 width as isize,
                 1,
                 false,
@@ -522,7 +529,18 @@ mod tests {
         let rows = s.batch * s.seq;
         let qkv = values(rows * 3 * width, 4);
         let mut out = vec![0.0; rows * width];
-        attention(&qkv, &mut out, s).unwrap();
+        attention(&qkv, &mut out, s, s.seq).unwrap();
+        let mut first = vec![0.0; s.batch * width];
+        attention(&qkv, &mut first, s, 1).unwrap();
+        for b in 0..s.batch {
+            let row = &out[b * s.seq * width..][..width];
+            for (a, b) in first[b * width..][..width].iter().zip(row) {
+                assert!(
+                    (a - b).abs() < 1e-6,
+                    "class-token-only attention: {a} vs {b}"
+                );
+            }
+        }
         for b in 0..s.batch {
             for h in 0..s.heads {
                 for i in 0..s.seq {

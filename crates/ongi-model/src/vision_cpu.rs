@@ -206,17 +206,24 @@ pub(crate) fn image_features(
         heads: vc.num_attention_heads,
         head_dim: width / vc.num_attention_heads,
     };
-    for layer in &tower.layers {
-        encoder_layer(layer, &mut buf, rows, shape, threads)?;
+    // Only the class token is pooled, so the last block needs its own
+    // output at that one position per image: keys and values still come from
+    // every token, but attention, the output projection and the MLP run on
+    // one row per image instead of `seq` (exact, and ~7 % of ViT-B/32's FLOPs).
+    let (last, body) = match tower.layers.split_last() {
+        Some((last, body)) => (Some(last), body),
+        None => (None, &tower.layers[..]),
+    };
+    for layer in body {
+        encoder_layer(layer, &mut buf, rows, shape, shape.seq, threads)?;
     }
-
-    // Only the class token is pooled: normalise and project just those rows.
-    let mut pooled = vec![0.0f32; batch * width];
-    for (b, dst) in pooled.chunks_exact_mut(width).enumerate() {
-        dst.copy_from_slice(&buf.x[b * seq * width..][..width]);
+    match last {
+        Some(layer) => encoder_layer(layer, &mut buf, rows, shape, 1, threads)?,
+        None => buf.x = class_rows(&buf.x, batch, seq, width),
     }
+    let pooled = &buf.x;
     let mut normed = vec![0.0f32; batch * width];
-    HeldNorm::new(&tower.post_ln)?.apply(&pooled, &mut normed)?;
+    HeldNorm::new(&tower.post_ln)?.apply(pooled, &mut normed)?;
     let projection = HeldLinear::new(&tower.projection)?;
     let mut out = vec![0.0f32; batch * projection.out];
     projection.apply(&normed, batch, &mut out, false, threads)?;
@@ -226,35 +233,55 @@ pub(crate) fn image_features(
     Ok(out)
 }
 
-/// One pre-norm block, in place on `buf.x`.
+/// Rows `b·seq` (each sequence's first token) of `[batch·seq, width]` `x`.
+fn class_rows(x: &[f32], batch: usize, seq: usize, width: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; batch * width];
+    for (b, dst) in out.chunks_exact_mut(width).enumerate() {
+        dst.copy_from_slice(&x[b * seq * width..][..width]);
+    }
+    out
+}
+
+/// One pre-norm block on `buf.x`. With `queries == seq` every position is
+/// updated in place; with `queries == 1` only each sequence's first position
+/// is computed and `buf.x` becomes those `[batch, width]` rows.
 fn encoder_layer(
     layer: &EncoderLayer,
     buf: &mut Buffers,
     rows: usize,
     shape: AttentionShape,
+    queries: usize,
     threads: usize,
 ) -> Result<(), ModelError> {
     let qkv = HeldLinear::new(&layer.attn.qkv)?;
     let out = HeldLinear::new(&layer.attn.out)?;
     let fc1 = HeldLinear::new(&layer.mlp.fc1)?;
     let fc2 = HeldLinear::new(&layer.mlp.fc2)?;
+    let width = shape.heads * shape.head_dim;
 
     HeldNorm::new(&layer.ln1)?.apply(&buf.x, &mut buf.normed)?;
     qkv.apply(&buf.normed, rows, &mut buf.qkv, false, threads)?;
     if let Some(b) = &qkv.bias {
         kernels::add_bias_rows(&mut buf.qkv, b.slice()?);
     }
-    kernels::attention(&buf.qkv, &mut buf.attn, shape)?;
-    out.apply(&buf.attn, rows, &mut buf.x, true, threads)?;
+    let kept = shape.batch * queries;
+    let attn = &mut buf.attn[..kept * width];
+    kernels::attention(&buf.qkv, attn, shape, queries)?;
+    if queries < shape.seq {
+        buf.x = class_rows(&buf.x, shape.batch, shape.seq, width);
+    }
+    out.apply(attn, kept, &mut buf.x, true, threads)?;
 
-    HeldNorm::new(&layer.ln2)?.apply(&buf.x, &mut buf.normed)?;
-    fc1.apply(&buf.normed, rows, &mut buf.hidden, false, threads)?;
+    let normed = &mut buf.normed[..kept * width];
+    HeldNorm::new(&layer.ln2)?.apply(&buf.x, normed)?;
+    let hidden = &mut buf.hidden[..kept * fc1.out];
+    fc1.apply(normed, kept, hidden, false, threads)?;
     match &fc1.bias {
-        Some(b) => kernels::bias_activation_rows(&mut buf.hidden, b.slice()?, layer.mlp.act),
+        Some(b) => kernels::bias_activation_rows(hidden, b.slice()?, layer.mlp.act),
         None => {
             let zeros = vec![0.0f32; fc1.out];
-            kernels::bias_activation_rows(&mut buf.hidden, &zeros, layer.mlp.act)
+            kernels::bias_activation_rows(hidden, &zeros, layer.mlp.act)
         }
     }
-    fc2.apply(&buf.hidden, rows, &mut buf.x, true, threads)
+    fc2.apply(hidden, kept, &mut buf.x, true, threads)
 }
