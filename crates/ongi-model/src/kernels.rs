@@ -67,15 +67,29 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// `dst[rows, out] (+)= x[rows, k] · Wᵀ`, with `W` (`[out, k]`) packed by
-/// [`pack_panels`]; `x` and `dst` row-major.
+/// What a [`linear`] call does with its product besides computing it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    /// Added to every row (`[out]`).
+    pub bias: Option<&'a [f32]>,
+    /// Add into `dst` (a residual stream) instead of overwriting it.
+    pub accumulate: bool,
+    /// Applied after the bias; not with `accumulate`.
+    pub act: Option<Activation>,
+}
+
+/// `dst[rows, out] = act(x[rows, k] · Wᵀ + bias)`, or `dst += x · Wᵀ + bias`
+/// (see [`Epilogue`]), with `W` (`[out, k]`) packed by [`pack_panels`]; `x`
+/// and `dst` row-major.
 ///
 /// One gemm call per panel computes `dstᵀ[panel] = panel · xᵀ` in gemm's
 /// column-major terms: output features are gemm's `m` (whole 16-lane tiles),
 /// tokens its `n`. Panels are shared out between `threads` rayon tasks, each
 /// running gemm single-threaded on its own columns of `dst`: a split that
 /// also halves the weight bytes each thread streams at small batches, where
-/// gemm's own threading would not start.
+/// gemm's own threading would not start. Each task applies the epilogue to
+/// its own columns right after (bias before, when accumulating) its product,
+/// while they are still in cache, instead of in separate parallel passes.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn linear(
     x: &[f32],
@@ -84,20 +98,22 @@ pub(crate) fn linear(
     w_packed: &[f32],
     out: usize,
     dst: &mut [f32],
-    accumulate: bool,
+    epi: Epilogue<'_>,
     threads: usize,
 ) -> Result<(), ModelError> {
-    if x.len() != rows * k || w_packed.len() != out * k || dst.len() != rows * out {
-        return Err(kernel_err("linear operand sizes do not match"));
+    if x.len() != rows * k
+        || w_packed.len() != out * k
+        || dst.len() != rows * out
+        || epi.bias.is_some_and(|b| b.len() != out)
+        || (epi.accumulate && epi.act.is_some())
+    {
+        return Err(kernel_err("linear operands do not match"));
     }
     if rows == 0 || out == 0 {
         return Ok(());
     }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return Ok(());
+    if k == 0 && !epi.accumulate {
+        dst.fill(0.0);
     }
     PANELS_ARE_PACKED.call_once(|| gemm::set_lhs_packing_threshold_single_thread(256));
     let panels = out.div_ceil(PANEL);
@@ -106,6 +122,18 @@ pub(crate) fn linear(
         let first = p * PANEL;
         let width = PANEL.min(out - first);
         let panel = &w_packed[first * k..(first + width) * k];
+        let bias = epi.bias.map(|b| &b[first..first + width]);
+        // SAFETY: row t's columns first..first + width of `dst` lie inside the
+        // rows×out buffer checked above and belong to this panel's task alone.
+        let row = |t: usize| unsafe {
+            std::slice::from_raw_parts_mut(dst_ptr.0.add(t * out + first), width)
+        };
+        if let (true, Some(b)) = (epi.accumulate, bias) {
+            (0..rows).for_each(|t| add_row(row(t), b));
+        }
+        if k == 0 {
+            return;
+        }
         // SAFETY: `panel` holds width×k elements, read as lhs(o, j) =
         // panel[j·width + o]; `x` holds rows×k, read as rhs(j, t) = x[t·k + j];
         // dst(o, t) = dst[t·out + first + o] stays inside the rows×out buffer
@@ -121,7 +149,7 @@ pub(crate) fn linear(
                 d.0.add(first),
                 out as isize,
                 1,
-                accumulate,
+                epi.accumulate,
                 panel.as_ptr(),
                 width as isize,
                 1,
@@ -136,6 +164,9 @@ pub(crate) fn linear(
                 Parallelism::None,
             );
         }
+        if !epi.accumulate && (bias.is_some() || epi.act.is_some()) {
+            (0..rows).for_each(|t| bias_activation_row(row(t), bias, epi.act));
+        }
     };
     if threads > 1 && panels > 1 {
         let per_task = panels.div_ceil(threads);
@@ -149,22 +180,10 @@ pub(crate) fn linear(
     Ok(())
 }
 
-/// Adds `bias` to every row of `x` (`[rows, bias.len()]`).
-pub(crate) fn add_bias_rows(x: &mut [f32], bias: &[f32]) {
-    let width = bias.len();
-    if width == 0 {
-        return;
-    }
-    x.par_chunks_mut(width * ROWS_PER_TASK)
-        .for_each(|chunk| add_rows(chunk, bias));
-}
-
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn add_rows(chunk: &mut [f32], bias: &[f32]) {
-    for row in chunk.chunks_exact_mut(bias.len()) {
-        for (d, s) in row.iter_mut().zip(bias) {
-            *d += s;
-        }
+fn add_row(row: &mut [f32], bias: &[f32]) {
+    for (d, s) in row.iter_mut().zip(bias) {
+        *d += s;
     }
 }
 
@@ -215,36 +234,19 @@ fn sum16(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `x[r] = act(x[r] + bias)` for every row.
-pub(crate) fn bias_activation_rows(x: &mut [f32], bias: &[f32], act: Activation) {
-    let width = bias.len();
-    if width == 0 {
-        return;
-    }
-    x.par_chunks_mut(width * ROWS_PER_TASK)
-        .for_each(|chunk| bias_activation_chunk(chunk, bias, act));
-}
-
+/// `row = act(row + bias)`, either part optional.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn bias_activation_chunk(chunk: &mut [f32], bias: &[f32], act: Activation) {
-    for row in chunk.chunks_exact_mut(bias.len()) {
-        match act {
-            Activation::QuickGelu => {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v = quick_gelu(*v + b);
-                }
-            }
-            Activation::Gelu => {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v = gelu_erf(*v + b);
-                }
-            }
-            Activation::GeluTanh => {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v = gelu_tanh(*v + b);
-                }
-            }
+fn bias_activation_row(row: &mut [f32], bias: Option<&[f32]>, act: Option<Activation>) {
+    if let Some(b) = bias {
+        for (v, b) in row.iter_mut().zip(b) {
+            *v += b;
         }
+    }
+    match act {
+        None => {}
+        Some(Activation::QuickGelu) => row.iter_mut().for_each(|v| *v = quick_gelu(*v)),
+        Some(Activation::Gelu) => row.iter_mut().for_each(|v| *v = gelu_erf(*v)),
+        Some(Activation::GeluTanh) => row.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
     }
 }
 
@@ -484,20 +486,47 @@ mod tests {
         let (x, w) = (values(rows * k, 1), values(out * k, 2));
         let want = naive_linear(&x, rows, k, &w, out);
         let packed = pack_panels(&w, out, k);
+        let bias = values(out, 5);
+        let store = Epilogue::default();
+        let with_bias = Epilogue {
+            bias: Some(&bias),
+            ..store
+        };
         for threads in [1, 2, 3] {
             let mut y = vec![0.0; rows * out];
-            linear(&x, rows, k, &packed, out, &mut y, false, threads).unwrap();
+            linear(&x, rows, k, &packed, out, &mut y, store, threads).unwrap();
             for (a, b) in y.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-4, "{threads} threads: {a} vs {b}");
             }
+            // Bias then QuickGELU, per element.
+            let act = Epilogue {
+                act: Some(Activation::QuickGelu),
+                ..with_bias
+            };
+            linear(&x, rows, k, &packed, out, &mut y, act, threads).unwrap();
+            for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                let z = b + bias[i % out];
+                assert!((a - quick_gelu(z)).abs() < 1e-4);
+            }
+            // Accumulate: dst += x·Wᵀ + bias.
             let mut acc = vec![1.0; rows * out];
-            linear(&x, rows, k, &packed, out, &mut acc, true, threads).unwrap();
-            for (a, b) in acc.iter().zip(&want) {
-                assert!((a - (b + 1.0)).abs() < 1e-4);
+            let residual = Epilogue {
+                accumulate: true,
+                ..with_bias
+            };
+            linear(&x, rows, k, &packed, out, &mut acc, residual, threads).unwrap();
+            for (i, (a, b)) in acc.iter().zip(&want).enumerate() {
+                assert!((a - (b + bias[i % out] + 1.0)).abs() < 1e-4);
             }
         }
         let mut y = vec![0.0; rows * out];
-        assert!(linear(&x, rows, k, &packed, out, &mut y[1..], false, 1).is_err());
+        assert!(linear(&x, rows, k, &packed, out, &mut y[1..], store, 1).is_err());
+        let bad = Epilogue {
+            act: Some(Activation::Gelu),
+            accumulate: true,
+            bias: None,
+        };
+        assert!(linear(&x, rows, k, &packed, out, &mut y, bad, 1).is_err());
     }
 
     #[test]

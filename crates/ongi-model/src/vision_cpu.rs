@@ -13,9 +13,9 @@ use candle_core::{Storage, StorageRef, Tensor};
 use rayon::prelude::*;
 
 use crate::clip::{EncoderLayer, LayerNorm, Linear, VisionTower};
-use crate::config::ClipVisionConfig;
+use crate::config::{Activation, ClipVisionConfig};
 use crate::error::ModelError;
-use crate::kernels::{self, AttentionShape};
+use crate::kernels::{self, AttentionShape, Epilogue};
 
 /// A contiguous CPU f32 tensor, read-locked while the forward uses it.
 struct Held<'a> {
@@ -64,23 +64,24 @@ impl<'a> HeldLinear<'a> {
         })
     }
 
-    /// `dst = x · Wᵀ`, or `dst += x · Wᵀ + b` when `residual`.
+    /// `dst = act(x · Wᵀ + b)`, or `dst += x · Wᵀ + b` when `residual`.
     fn apply(
         &self,
         x: &[f32],
         rows: usize,
         dst: &mut [f32],
         residual: bool,
+        act: Option<Activation>,
         threads: usize,
     ) -> Result<(), ModelError> {
         let w = self.weight.slice()?;
         let k = w.len().checked_div(self.out).unwrap_or(0);
-        if residual {
-            if let Some(b) = &self.bias {
-                kernels::add_bias_rows(dst, b.slice()?);
-            }
-        }
-        kernels::linear(x, rows, k, w, self.out, dst, residual, threads)
+        let epi = Epilogue {
+            bias: self.bias.as_ref().map(Held::slice).transpose()?,
+            accumulate: residual,
+            act,
+        };
+        kernels::linear(x, rows, k, w, self.out, dst, epi, threads)
     }
 }
 
@@ -168,6 +169,7 @@ pub(crate) fn image_features(
         batch * g * g,
         &mut embedded,
         false,
+        None,
         threads,
     )?;
     drop(patches);
@@ -226,10 +228,7 @@ pub(crate) fn image_features(
     HeldNorm::new(&tower.post_ln)?.apply(pooled, &mut normed)?;
     let projection = HeldLinear::new(&tower.projection)?;
     let mut out = vec![0.0f32; batch * projection.out];
-    projection.apply(&normed, batch, &mut out, false, threads)?;
-    if let Some(b) = &projection.bias {
-        kernels::add_bias_rows(&mut out, b.slice()?);
-    }
+    projection.apply(&normed, batch, &mut out, false, None, threads)?;
     Ok(out)
 }
 
@@ -260,28 +259,18 @@ fn encoder_layer(
     let width = shape.heads * shape.head_dim;
 
     HeldNorm::new(&layer.ln1)?.apply(&buf.x, &mut buf.normed)?;
-    qkv.apply(&buf.normed, rows, &mut buf.qkv, false, threads)?;
-    if let Some(b) = &qkv.bias {
-        kernels::add_bias_rows(&mut buf.qkv, b.slice()?);
-    }
+    qkv.apply(&buf.normed, rows, &mut buf.qkv, false, None, threads)?;
     let kept = shape.batch * queries;
     let attn = &mut buf.attn[..kept * width];
     kernels::attention(&buf.qkv, attn, shape, queries)?;
     if queries < shape.seq {
         buf.x = class_rows(&buf.x, shape.batch, shape.seq, width);
     }
-    out.apply(attn, kept, &mut buf.x, true, threads)?;
+    out.apply(attn, kept, &mut buf.x, true, None, threads)?;
 
     let normed = &mut buf.normed[..kept * width];
     HeldNorm::new(&layer.ln2)?.apply(&buf.x, normed)?;
     let hidden = &mut buf.hidden[..kept * fc1.out];
-    fc1.apply(normed, kept, hidden, false, threads)?;
-    match &fc1.bias {
-        Some(b) => kernels::bias_activation_rows(hidden, b.slice()?, layer.mlp.act),
-        None => {
-            let zeros = vec![0.0f32; fc1.out];
-            kernels::bias_activation_rows(hidden, &zeros, layer.mlp.act)
-        }
-    }
-    fc2.apply(hidden, kept, &mut buf.x, true, threads)
+    fc1.apply(normed, kept, hidden, false, Some(layer.mlp.act), threads)?;
+    fc2.apply(hidden, kept, &mut buf.x, true, None, threads)
 }
