@@ -11,11 +11,13 @@
 //! blocks, so every linear layer is a single plain matmul.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
 use crate::config::{Activation, ClipConfig, TextPooling};
 use crate::error::ModelError;
+use crate::team::Team;
 use crate::weights::SafetensorsFile;
 
 /// File name of the weights inside a model directory.
@@ -212,6 +214,8 @@ pub struct ClipModel {
     device: Device,
     dtype: DType,
     vision_kernels: VisionKernels,
+    /// The fused forward's compute threads (fused kernels only).
+    team: Option<Arc<Team>>,
 }
 
 impl ClipModel {
@@ -257,6 +261,12 @@ impl ClipModel {
         let vision = load_vision(&mut w, &config)?;
         w.pack = false;
         let text = load_text(&mut w, &config)?;
+        // As many threads as the global rayon pool (which `--threads` sizes).
+        let team = if fused {
+            Some(Arc::new(Team::new(rayon::current_num_threads())?))
+        } else {
+            None
+        };
         Ok(Self {
             config,
             vision,
@@ -264,6 +274,7 @@ impl ClipModel {
             device: device.clone(),
             dtype,
             vision_kernels,
+            team,
         })
     }
 
@@ -345,12 +356,11 @@ impl ClipModel {
                     .to_dtype(DType::F32)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                // Run the whole forward on a pool thread: its ~130 parallel
-                // passes per image then start from inside the pool instead of
-                // each waking the pool from outside.
-                let features = rayon::scope(|_| {
-                    crate::vision_cpu::image_features(&self.vision, vc, &pixels, batch)
+                let team = self.team.as_ref().ok_or_else(|| {
+                    ModelError::Input("fused vision forward without a compute team".into())
                 })?;
+                let features =
+                    crate::vision_cpu::image_features(&self.vision, vc, &pixels, batch, team)?;
                 Ok(Tensor::from_vec(
                     features,
                     (batch, self.projection_dim()),

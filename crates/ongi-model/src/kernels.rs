@@ -11,14 +11,10 @@
 
 use gemm::Parallelism;
 use multiversion::multiversion;
-use rayon::prelude::*;
 
 use crate::config::Activation;
 use crate::error::ModelError;
-
-/// Rows handed to one rayon task by the row-parallel passes: small enough to
-/// balance two to a few dozen threads, big enough that task overhead vanishes.
-const ROWS_PER_TASK: usize = 16;
+use crate::team::{part, Team};
 
 fn kernel_err(what: &str) -> ModelError {
     ModelError::Input(format!("fused CPU kernel: {what}"))
@@ -59,13 +55,20 @@ pub(crate) fn pack_panels(w: &[f32], out: usize, k: usize) -> Vec<f32> {
 /// a separate threshold).
 static PANELS_ARE_PACKED: std::sync::Once = std::sync::Once::new();
 
-/// A pointer that may cross into rayon tasks writing disjoint columns.
+/// A pointer that may cross into team shares writing disjoint parts.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// SAFETY: only used by `linear` and `attention`, whose tasks write disjoint
-// column ranges of one output buffer that outlives them.
+// SAFETY: only used by the passes below, whose shares write disjoint parts
+// of one output buffer that outlives the pass.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Through a method, so closures capture the wrapper, not the raw field.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// What a [`linear`] call does with its product besides computing it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -84,7 +87,7 @@ pub(crate) struct Epilogue<'a> {
 ///
 /// One gemm call per panel computes `dstᵀ[panel] = panel · xᵀ` in gemm's
 /// column-major terms: output features are gemm's `m` (whole 16-lane tiles),
-/// tokens its `n`. Panels are shared out between `threads` rayon tasks, each
+/// tokens its `n`. Panels are shared out between the team's threads, each
 /// running gemm single-threaded on its own columns of `dst`: a split that
 /// also halves the weight bytes each thread streams at small batches, where
 /// gemm's own threading would not start. Each task applies the epilogue to
@@ -99,7 +102,7 @@ pub(crate) fn linear(
     out: usize,
     dst: &mut [f32],
     epi: Epilogue<'_>,
-    threads: usize,
+    team: &Team,
 ) -> Result<(), ModelError> {
     if x.len() != rows * k
         || w_packed.len() != out * k
@@ -168,16 +171,7 @@ pub(crate) fn linear(
             (0..rows).for_each(|t| bias_activation_row(row(t), bias, epi.act));
         }
     };
-    if threads > 1 && panels > 1 {
-        let per_task = panels.div_ceil(threads);
-        (0..panels)
-            .into_par_iter()
-            .with_min_len(per_task)
-            .for_each(run);
-    } else {
-        (0..panels).for_each(run);
-    }
-    Ok(())
+    team.run(|share| part(panels, share, team.threads()).for_each(run))
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
@@ -188,14 +182,33 @@ fn add_row(row: &mut [f32], bias: &[f32]) {
 }
 
 /// `out[r] = LayerNorm(x[r]) · weight + bias` for every row of width `weight.len()`.
-pub(crate) fn layer_norm_rows(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+pub(crate) fn layer_norm_rows(
+    x: &[f32],
+    out: &mut [f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+    team: &Team,
+) -> Result<(), ModelError> {
     let width = weight.len();
-    if width == 0 {
-        return;
+    if x.len() != out.len() || bias.len() != width || (width > 0 && !x.len().is_multiple_of(width))
+    {
+        return Err(kernel_err("layer norm operands do not match"));
     }
-    out.par_chunks_mut(width * ROWS_PER_TASK)
-        .zip(x.par_chunks(width * ROWS_PER_TASK))
-        .for_each(|(o, x)| layer_norm_chunk(x, o, weight, bias, eps));
+    if width == 0 {
+        return Ok(());
+    }
+    let rows = x.len() / width;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    team.run(|share| {
+        let r = part(rows, share, team.threads());
+        // SAFETY: rows r of `out` (same length as `x`, checked above) belong
+        // to this share alone.
+        let o = unsafe {
+            std::slice::from_raw_parts_mut(out_ptr.get().add(r.start * width), r.len() * width)
+        };
+        layer_norm_chunk(&x[r.start * width..r.end * width], o, weight, bias, eps);
+    })
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
@@ -317,7 +330,7 @@ pub(crate) struct AttentionShape {
 ///
 /// `qkv`: `[batch·seq, 3·width]` rows `[q | k | v]` with the scale already in
 /// q; `out`: `[batch·queries, width]` with the heads concatenated, as the
-/// output projection takes them. One rayon task per (sequence, head) runs two small
+/// output projection takes them. Each (sequence, head) pair runs two small
 /// gemm products on strided views of `qkv` (no head-major copies) and writes
 /// its head's columns of `out` in place.
 pub(crate) fn attention(
@@ -325,6 +338,7 @@ pub(crate) fn attention(
     out: &mut [f32],
     s: AttentionShape,
     queries: usize,
+    team: &Team,
 ) -> Result<(), ModelError> {
     let width = s.heads * s.head_dim;
     let rows = s.batch * s.seq;
@@ -335,74 +349,76 @@ pub(crate) fn attention(
         return Ok(());
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..s.batch * s.heads).into_par_iter().for_each(|bh| {
-        let (b, h) = (bh / s.heads, bh % s.heads);
-        let (seq, hd) = (s.seq, s.head_dim);
-        let row0 = b * seq * 3 * width;
-        let q = qkv[row0 + h * hd..].as_ptr();
-        let k = qkv[row0 + width + h * hd..].as_ptr();
-        let v = qkv[row0 + 2 * width + h * hd..].as_ptr();
-        let mut scores = vec![0.0f32; queries * seq];
-        // SAFETY (both calls): q, k and v point at element (b·seq, part·width
-        // + h·hd) of `qkv`; the products read rows 0..seq (q: 0..queries ≤ seq)
-        // at stride 3·width and columns 0..hd, the last element being
-        // (b·seq + seq − 1)·3·width + part·width + h·hd + hd − 1 < rows·3·width,
-        // inside the slice checked above. `scores` is queries×seq, written as
-        // scores[i·seq + j]. The output writes out[(b·queries + i)·width + h·hd
-        // + d] for i < queries, d < hd: inside `out` (checked above), and
-        // disjoint between tasks (each (b, h) owns its columns).
-        unsafe {
-            // scores[i][j] = q_i · k_j: dst(j, i), lhs(j, d) = k_j[d], rhs(d, i) = q_i[d].
-            gemm::gemm(
-                seq,
-                queries,
-                hd,
-                scores.as_mut_ptr(),
-                seq as isize,
-                1,
-                false,
-                k,
-                1,
-                3 * width as isize,
-                q,
-                3 * width as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
-        softmax_rows(&mut scores, seq);
-        let o = out_ptr;
-        unsafe {
-            // out_i[d] = Σ_j p_ij v_j[d]: dst(d, i), lhs(d, j) = v_j[d], rhs(j, i) = p_ij.
-            gemm::gemm(
-                hd,
-                queries,
-                seq,
-                o.0.add(b * queries * width + h * hd),
-                width as isize,
-                1,
-                false,
-                v,
-                3 * width as isize,
-                1,
-                scores.as_ptr(),
-                seq as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
-    });
-    Ok(())
+    let pairs = s.batch * s.heads;
+    team.run(|share| {
+        part(pairs, share, team.threads()).for_each(|bh| {
+            let (b, h) = (bh / s.heads, bh % s.heads);
+            let (seq, hd) = (s.seq, s.head_dim);
+            let row0 = b * seq * 3 * width;
+            let q = qkv[row0 + h * hd..].as_ptr();
+            let k = qkv[row0 + width + h * hd..].as_ptr();
+            let v = qkv[row0 + 2 * width + h * hd..].as_ptr();
+            let mut scores = vec![0.0f32; queries * seq];
+            // SAFETY (both calls): q, k and v point at element (b·seq, part·width
+            // + h·hd) of `qkv`; the products read rows 0..seq (q: 0..queries ≤ seq)
+            // at stride 3·width and columns 0..hd, the last element being
+            // (b·seq + seq − 1)·3·width + part·width + h·hd + hd − 1 < rows·3·width,
+            // inside the slice checked above. `scores` is queries×seq, written as
+            // scores[i·seq + j]. The output writes out[(b·queries + i)·width + h·hd
+            // + d] for i < queries, d < hd: inside `out` (checked above), and
+            // disjoint between tasks (each (b, h) owns its columns).
+            unsafe {
+                // scores[i][j] = q_i · k_j: dst(j, i), lhs(j, d) = k_j[d], rhs(d, i) = q_i[d].
+                gemm::gemm(
+                    seq,
+                    queries,
+                    hd,
+                    scores.as_mut_ptr(),
+                    seq as isize,
+                    1,
+                    false,
+                    k,
+                    1,
+                    3 * width as isize,
+                    q,
+                    3 * width as isize,
+                    1,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            softmax_rows(&mut scores, seq);
+            let o = out_ptr;
+            unsafe {
+                // out_i[d] = Σ_j p_ij v_j[d]: dst(d, i), lhs(d, j) = v_j[d], rhs(j, i) = p_ij.
+                gemm::gemm(
+                    hd,
+                    queries,
+                    seq,
+                    o.0.add(b * queries * width + h * hd),
+                    width as isize,
+                    1,
+                    false,
+                    v,
+                    3 * width as isize,
+                    1,
+                    scores.as_ptr(),
+                    seq as isize,
+                    1,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        })
+    })
 }
 
 /// Row-wise softmax of a `[rows, width]` matrix, in place.
@@ -493,8 +509,9 @@ mod tests {
             ..store
         };
         for threads in [1, 2, 3] {
+            let team = Team::new(threads).unwrap();
             let mut y = vec![0.0; rows * out];
-            linear(&x, rows, k, &packed, out, &mut y, store, threads).unwrap();
+            linear(&x, rows, k, &packed, out, &mut y, store, &team).unwrap();
             for (a, b) in y.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-4, "{threads} threads: {a} vs {b}");
             }
@@ -503,7 +520,7 @@ mod tests {
                 act: Some(Activation::QuickGelu),
                 ..with_bias
             };
-            linear(&x, rows, k, &packed, out, &mut y, act, threads).unwrap();
+            linear(&x, rows, k, &packed, out, &mut y, act, &team).unwrap();
             for (i, (a, b)) in y.iter().zip(&want).enumerate() {
                 let z = b + bias[i % out];
                 assert!((a - quick_gelu(z)).abs() < 1e-4);
@@ -514,19 +531,20 @@ mod tests {
                 accumulate: true,
                 ..with_bias
             };
-            linear(&x, rows, k, &packed, out, &mut acc, residual, threads).unwrap();
+            linear(&x, rows, k, &packed, out, &mut acc, residual, &team).unwrap();
             for (i, (a, b)) in acc.iter().zip(&want).enumerate() {
                 assert!((a - (b + bias[i % out] + 1.0)).abs() < 1e-4);
             }
         }
+        let team = Team::new(1).unwrap();
         let mut y = vec![0.0; rows * out];
-        assert!(linear(&x, rows, k, &packed, out, &mut y[1..], store, 1).is_err());
+        assert!(linear(&x, rows, k, &packed, out, &mut y[1..], store, &team).is_err());
         let bad = Epilogue {
             act: Some(Activation::Gelu),
             accumulate: true,
             bias: None,
         };
-        assert!(linear(&x, rows, k, &packed, out, &mut y, bad, 1).is_err());
+        assert!(linear(&x, rows, k, &packed, out, &mut y, bad, &team).is_err());
     }
 
     #[test]
@@ -534,7 +552,7 @@ mod tests {
         let x = values(3 * 40, 3);
         let (w, b) = (vec![2.0; 40], vec![0.5; 40]);
         let mut y = vec![0.0; 3 * 40];
-        layer_norm_rows(&x, &mut y, &w, &b, 1e-5);
+        layer_norm_rows(&x, &mut y, &w, &b, 1e-5, &Team::new(2).unwrap()).unwrap();
         for row in y.chunks(40) {
             let z: Vec<f64> = row.iter().map(|v| (*v as f64 - 0.5) / 2.0).collect();
             let mean = z.iter().sum::<f64>() / 40.0;
@@ -557,10 +575,11 @@ mod tests {
         let width = s.heads * s.head_dim;
         let rows = s.batch * s.seq;
         let qkv = values(rows * 3 * width, 4);
+        let team = Team::new(2).unwrap();
         let mut out = vec![0.0; rows * width];
-        attention(&qkv, &mut out, s, s.seq).unwrap();
+        attention(&qkv, &mut out, s, s.seq, &team).unwrap();
         let mut first = vec![0.0; s.batch * width];
-        attention(&qkv, &mut first, s, 1).unwrap();
+        attention(&qkv, &mut first, s, 1, &team).unwrap();
         for b in 0..s.batch {
             let row = &out[b * s.seq * width..][..width];
             for (a, b) in first[b * width..][..width].iter().zip(row) {

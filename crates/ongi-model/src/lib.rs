@@ -6,6 +6,7 @@ pub mod clip;
 pub mod config;
 pub mod error;
 mod kernels;
+mod team;
 mod vision_cpu;
 pub mod weights;
 

@@ -5,17 +5,18 @@
 //! row-major buffers allocated once per call and reused by every layer; bias
 //! and residual adds fold into the matrix products' accumulate mode or into one
 //! pass with the activation; attention runs per (image, head) on strided
-//! views of the fused q/k/v rows, without head-major copies; every pass is parallel over
-//! the global rayon pool, so exactly the configured threads compute. Weights
+//! views of the fused q/k/v rows, without head-major copies; every heavy pass
+//! is split over the model's compute team (`team.rs`), so exactly the
+//! configured threads compute. Weights
 //! are read in place from the candle tensors that hold them (no second copy).
 
 use candle_core::{Storage, StorageRef, Tensor};
-use rayon::prelude::*;
 
 use crate::clip::{EncoderLayer, LayerNorm, Linear, VisionTower};
 use crate::config::{Activation, ClipVisionConfig};
 use crate::error::ModelError;
 use crate::kernels::{self, AttentionShape, Epilogue};
+use crate::team::Team;
 
 /// A contiguous CPU f32 tensor, read-locked while the forward uses it.
 struct Held<'a> {
@@ -72,7 +73,7 @@ impl<'a> HeldLinear<'a> {
         dst: &mut [f32],
         residual: bool,
         act: Option<Activation>,
-        threads: usize,
+        team: &Team,
     ) -> Result<(), ModelError> {
         let w = self.weight.slice()?;
         let k = w.len().checked_div(self.out).unwrap_or(0);
@@ -81,7 +82,7 @@ impl<'a> HeldLinear<'a> {
             accumulate: residual,
             act,
         };
-        kernels::linear(x, rows, k, w, self.out, dst, epi, threads)
+        kernels::linear(x, rows, k, w, self.out, dst, epi, team)
     }
 }
 
@@ -100,9 +101,9 @@ impl<'a> HeldNorm<'a> {
         })
     }
 
-    fn apply(&self, x: &[f32], out: &mut [f32]) -> Result<(), ModelError> {
-        kernels::layer_norm_rows(x, out, self.weight.slice()?, self.bias.slice()?, self.eps);
-        Ok(())
+    fn apply(&self, x: &[f32], out: &mut [f32], team: &Team) -> Result<(), ModelError> {
+        let (w, b) = (self.weight.slice()?, self.bias.slice()?);
+        kernels::layer_norm_rows(x, out, w, b, self.eps, team)
     }
 }
 
@@ -127,6 +128,7 @@ pub(crate) fn image_features(
     vc: &ClipVisionConfig,
     pixels: &[f32],
     batch: usize,
+    team: &Team,
 ) -> Result<Vec<f32>, ModelError> {
     let (p, g, c, size) = (
         vc.patch_size,
@@ -144,14 +146,14 @@ pub(crate) fn image_features(
             batch * c * size * size
         )));
     }
-    let threads = rayon::current_num_threads();
 
     // Patch embedding: the stride-p convolution as one product over the
     // flattened (channel, row, column) patches.
     let patch_len = c * p * p;
     let mut patches = vec![0.0f32; batch * g * g * patch_len];
+    // Plain copies (~1 % of the forward at one thread): not worth a pass.
     patches
-        .par_chunks_mut(patch_len)
+        .chunks_exact_mut(patch_len)
         .enumerate()
         .for_each(|(idx, dst)| {
             let (b, gy, gx) = (idx / (g * g), (idx / g) % g, idx % g);
@@ -170,7 +172,7 @@ pub(crate) fn image_features(
         &mut embedded,
         false,
         None,
-        threads,
+        team,
     )?;
     drop(patches);
 
@@ -185,7 +187,7 @@ pub(crate) fn image_features(
         hidden: vec![0.0; rows * vc.intermediate_size],
     };
     buf.normed
-        .par_chunks_mut(width)
+        .chunks_exact_mut(width)
         .enumerate()
         .for_each(|(r, row)| {
             let (b, s) = (r / seq, r % seq);
@@ -200,7 +202,7 @@ pub(crate) fn image_features(
             }
         });
     drop(embedded);
-    HeldNorm::new(&tower.pre_ln)?.apply(&buf.normed, &mut buf.x)?;
+    HeldNorm::new(&tower.pre_ln)?.apply(&buf.normed, &mut buf.x, team)?;
 
     let shape = AttentionShape {
         batch,
@@ -217,18 +219,18 @@ pub(crate) fn image_features(
         None => (None, &tower.layers[..]),
     };
     for layer in body {
-        encoder_layer(layer, &mut buf, rows, shape, shape.seq, threads)?;
+        encoder_layer(layer, &mut buf, rows, shape, shape.seq, team)?;
     }
     match last {
-        Some(layer) => encoder_layer(layer, &mut buf, rows, shape, 1, threads)?,
+        Some(layer) => encoder_layer(layer, &mut buf, rows, shape, 1, team)?,
         None => buf.x = class_rows(&buf.x, batch, seq, width),
     }
     let pooled = &buf.x;
     let mut normed = vec![0.0f32; batch * width];
-    HeldNorm::new(&tower.post_ln)?.apply(pooled, &mut normed)?;
+    HeldNorm::new(&tower.post_ln)?.apply(pooled, &mut normed, team)?;
     let projection = HeldLinear::new(&tower.projection)?;
     let mut out = vec![0.0f32; batch * projection.out];
-    projection.apply(&normed, batch, &mut out, false, None, threads)?;
+    projection.apply(&normed, batch, &mut out, false, None, team)?;
     Ok(out)
 }
 
@@ -250,7 +252,7 @@ fn encoder_layer(
     rows: usize,
     shape: AttentionShape,
     queries: usize,
-    threads: usize,
+    team: &Team,
 ) -> Result<(), ModelError> {
     let qkv = HeldLinear::new(&layer.attn.qkv)?;
     let out = HeldLinear::new(&layer.attn.out)?;
@@ -258,19 +260,19 @@ fn encoder_layer(
     let fc2 = HeldLinear::new(&layer.mlp.fc2)?;
     let width = shape.heads * shape.head_dim;
 
-    HeldNorm::new(&layer.ln1)?.apply(&buf.x, &mut buf.normed)?;
-    qkv.apply(&buf.normed, rows, &mut buf.qkv, false, None, threads)?;
+    HeldNorm::new(&layer.ln1)?.apply(&buf.x, &mut buf.normed, team)?;
+    qkv.apply(&buf.normed, rows, &mut buf.qkv, false, None, team)?;
     let kept = shape.batch * queries;
     let attn = &mut buf.attn[..kept * width];
-    kernels::attention(&buf.qkv, attn, shape, queries)?;
+    kernels::attention(&buf.qkv, attn, shape, queries, team)?;
     if queries < shape.seq {
         buf.x = class_rows(&buf.x, shape.batch, shape.seq, width);
     }
-    out.apply(attn, kept, &mut buf.x, true, None, threads)?;
+    out.apply(attn, kept, &mut buf.x, true, None, team)?;
 
     let normed = &mut buf.normed[..kept * width];
-    HeldNorm::new(&layer.ln2)?.apply(&buf.x, normed)?;
+    HeldNorm::new(&layer.ln2)?.apply(&buf.x, normed, team)?;
     let hidden = &mut buf.hidden[..kept * fc1.out];
-    fc1.apply(normed, kept, hidden, false, Some(layer.mlp.act), threads)?;
-    fc2.apply(hidden, kept, &mut buf.x, true, None, threads)
+    fc1.apply(normed, kept, hidden, false, Some(layer.mlp.act), team)?;
+    fc2.apply(hidden, kept, &mut buf.x, true, None, team)
 }
