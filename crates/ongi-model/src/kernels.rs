@@ -70,6 +70,56 @@ impl SendPtr {
     }
 }
 
+/// `dst (+)= lhs · rhs` in gemm's column-major terms (`m×k` times `k×n`),
+/// single-threaded, `dst` with unit row stride (each call here writes
+/// row-major outputs as column-major transposes).
+///
+/// # Safety
+/// Every element the strides address, `dst(i, j) = dst[j·dst_cs + i]`,
+/// `lhs(i, p) = lhs[p·lhs_cs + i·lhs_rs]`, `rhs(p, j) = rhs[j·rhs_cs +
+/// p·rhs_rs]` for `i < m, j < n, p < k`, must be in bounds, and `dst` must not
+/// overlap the inputs or be written by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_cs: isize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: *const f32,
+    rhs_cs: isize,
+    rhs_rs: isize,
+) {
+    // SAFETY: the caller's contract is gemm's.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            1,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
 /// What a [`linear`] call does with its product besides computing it.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Epilogue<'a> {
@@ -145,13 +195,12 @@ pub(crate) fn linear(
         // `dst` (borrowed mutably for this whole call) aliases neither input.
         unsafe {
             let d = dst_ptr;
-            gemm::gemm(
+            product(
                 width,
                 rows,
                 k,
                 d.0.add(first),
                 out as isize,
-                1,
                 epi.accumulate,
                 panel.as_ptr(),
                 width as isize,
@@ -159,12 +208,6 @@ pub(crate) fn linear(
                 x.as_ptr(),
                 k as isize,
                 1,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                Parallelism::None,
             );
         }
         if !epi.accumulate && (bias.is_some() || epi.act.is_some()) {
@@ -369,13 +412,12 @@ pub(crate) fn attention(
             // disjoint between tasks (each (b, h) owns its columns).
             unsafe {
                 // scores[i][j] = q_i · k_j: dst(j, i), lhs(j, d) = k_j[d], rhs(d, i) = q_i[d].
-                gemm::gemm(
+                product(
                     seq,
                     queries,
                     hd,
                     scores.as_mut_ptr(),
                     seq as isize,
-                    1,
                     false,
                     k,
                     1,
@@ -383,25 +425,18 @@ pub(crate) fn attention(
                     q,
                     3 * width as isize,
                     1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
                 );
             }
             softmax_rows(&mut scores, seq);
             let o = out_ptr;
             unsafe {
                 // out_i[d] = Σ_j p_ij v_j[d]: dst(d, i), lhs(d, j) = v_j[d], rhs(j, i) = p_ij.
-                gemm::gemm(
+                product(
                     hd,
                     queries,
                     seq,
                     o.0.add(b * queries * width + h * hd),
                     width as isize,
-                    1,
                     false,
                     v,
                     3 * width as isize,
@@ -409,12 +444,6 @@ pub(crate) fn attention(
                     scores.as_ptr(),
                     seq as isize,
                     1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
                 );
             }
         })
