@@ -365,7 +365,7 @@ fn vit_b32_random_fast_decode_stays_close_to_exact() {
     let mut scaled = 0;
     for ((path, e), f) in photos.iter().zip(&exact).zip(&fast) {
         let bytes = std::fs::read(path).unwrap();
-        let min_edge = DecodeMode::Fast.min_shortest_edge(&config);
+        let min_edge = DecodeMode::Fast.min_decode_size(&config);
         let denom = decode_image_scaled(&bytes, DEFAULT_MAX_PIXELS, min_edge)
             .unwrap()
             .scale_denom;

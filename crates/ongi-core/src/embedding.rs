@@ -326,7 +326,7 @@ impl EmbeddingService {
         // the async runtime's threads.
         let cfg = self.preprocess.clone();
         let max_pixels = self.max_pixels;
-        let min_edge = self.decode_mode.min_shortest_edge(&cfg);
+        let min_edge = self.decode_mode.min_decode_size(&cfg);
         let (tx, rx) = oneshot::channel();
         self.decode_pool.spawn(move || {
             let t = Instant::now();
@@ -334,9 +334,10 @@ impl EmbeddingService {
                 let decode = t.elapsed();
                 let t = Instant::now();
                 let pixels = preprocess::preprocess_decoded(&d, &cfg);
-                // pHash and blur come from the decoded (maybe reduced) pixels; both
-                // shrink the photo far below the reduced size first. The record
-                // keeps the photo's real size.
+                // pHash and blur come from the decoded (maybe reduced) pixels: the
+                // fast decode keeps a long side ≥ 5× the blur test's 300 px, where
+                // both match the exact decode's (FAST_FEATURES_MIN_LONG_SIDE). The
+                // record keeps the photo's real size.
                 let pixel_features = features::PixelFeatures {
                     width: d.width,
                     height: d.height,

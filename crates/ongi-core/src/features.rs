@@ -464,7 +464,7 @@ fn pil_resize_lanczos(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize
 // ---------------------------------------------------------------------------
 
 /// Long side of the greyscale copy the blur test runs on.
-const LAPLACIAN_LONG_SIDE: usize = 300;
+pub const LAPLACIAN_LONG_SIDE: usize = 300;
 
 /// Variance of the Laplacian, as the original's OpenCV blur test computed it:
 ///

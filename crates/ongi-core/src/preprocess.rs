@@ -28,7 +28,8 @@ pub use config::{
 };
 pub use decode::{
     decode_image, decode_image_scaled, decode_image_with_limit, scale_denom_for, DecodeMode,
-    DecodedImage, DEFAULT_MAX_PIXELS, FAST_SAFETY_FACTOR,
+    DecodedImage, MinDecodeSize, DEFAULT_MAX_PIXELS, FAST_FEATURES_MIN_LONG_SIDE,
+    FAST_SAFETY_FACTOR,
 };
 
 /// Why an image or a preprocessing configuration could not be used.
@@ -252,7 +253,7 @@ pub fn load_and_preprocess(
     cfg: &PreprocessConfig,
     mode: DecodeMode,
 ) -> Result<Vec<f32>, PreprocessError> {
-    let decoded = decode_image_scaled(bytes, DEFAULT_MAX_PIXELS, mode.min_shortest_edge(cfg))?;
+    let decoded = decode_image_scaled(bytes, DEFAULT_MAX_PIXELS, mode.min_decode_size(cfg))?;
     Ok(preprocess_decoded(&decoded, cfg))
 }
 

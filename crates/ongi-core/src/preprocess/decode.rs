@@ -11,6 +11,7 @@ use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Li
 
 use super::jpeg::decode_jpeg;
 use super::{PreprocessConfig, PreprocessError};
+use crate::features::LAPLACIAN_LONG_SIDE;
 
 /// Formats this build decodes (JPEG here, PNG and WebP through `image`'s features).
 const SUPPORTED: &[ImageFormat] = &[ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP];
@@ -31,9 +32,11 @@ pub enum DecodeMode {
     Exact,
     /// JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale
     /// in the DCT domain (libjpeg's `scale_num / scale_denom`), keeping a shorter
-    /// side of at least [`FAST_SAFETY_FACTOR`] × the resize target. Several times
-    /// cheaper on 12-MP photos; the tensors differ slightly from the exact ones
-    /// (see [`FAST_SAFETY_FACTOR`]). Other formats decode as in `Exact`.
+    /// side of at least [`FAST_SAFETY_FACTOR`] × the resize target and a longer side
+    /// of at least [`FAST_FEATURES_MIN_LONG_SIDE`] (for the pixel features). About
+    /// 3× cheaper on 12-MP photos; the tensors differ slightly from the exact ones
+    /// (see [`FAST_SAFETY_FACTOR`]), pHash and blur variance barely (see
+    /// [`FAST_FEATURES_MIN_LONG_SIDE`]). Other formats decode as in `Exact`.
     #[default]
     Fast,
 }
@@ -47,14 +50,17 @@ impl DecodeMode {
         }
     }
 
-    /// Shorter side (pixels) a reduced decode must keep for `cfg`, or `None` when
-    /// the image must be decoded at full size (exact mode, or no resize, where the
-    /// model sees the native pixels).
-    pub fn min_shortest_edge(self, cfg: &PreprocessConfig) -> Option<u32> {
+    /// Size a reduced decode must keep for `cfg`, or `None` when the image must be
+    /// decoded at full size (exact mode, or no resize, where the model sees the
+    /// native pixels).
+    pub fn min_decode_size(self, cfg: &PreprocessConfig) -> Option<MinDecodeSize> {
         match self {
             Self::Exact => None,
             Self::Fast if !cfg.do_resize => None,
-            Self::Fast => Some((f64::from(cfg.shortest_edge) * FAST_SAFETY_FACTOR).ceil() as u32),
+            Self::Fast => Some(MinDecodeSize {
+                shortest_edge: (f64::from(cfg.shortest_edge) * FAST_SAFETY_FACTOR).ceil() as u32,
+                longest_edge: FAST_FEATURES_MIN_LONG_SIDE,
+            }),
         }
     }
 }
@@ -96,18 +102,52 @@ impl std::fmt::Display for DecodeMode {
 ///
 /// (All 16 photos are reduced at every factor.) Only 2.0 keeps the worst photo,
 /// a high-contrast abstract one, under the 0.02 budget of issue #5, at 70 % of
-/// it; the natural photos stay at 0.001–0.01. A 12-MP 4000×3000 photo decodes
-/// at 1/4 (750 px short side).
+/// it; the natural photos stay at 0.001–0.01. This bound alone would decode a
+/// 12-MP 4000×3000 photo at 1/4; [`FAST_FEATURES_MIN_LONG_SIDE`] keeps it at 1/2.
 pub const FAST_SAFETY_FACTOR: f64 = 2.0;
 
+/// Longest side a reduced decode keeps in [`DecodeMode::Fast`], so that the pixel
+/// features (pHash, and above all the Laplacian variance of the blur test, which
+/// runs on a copy with a 300 px long side) match the exact decode's.
+///
+/// The DCT-domain reduction low-passes the photo before the blur test's
+/// `INTER_AREA` resize, and the variance of a 3×3 Laplacian lives in the highest
+/// frequencies: it drops by roughly 50–130 % × (300 / reduced long side)². On the
+/// mate-backgrounds photos (`tests/fast_features_parity.rs`), worst drop by reduced
+/// long side: 320 px −71 %, 640 px −34 %, 960 px −9 %, 1280 px −5.4 % (Wood),
+/// 1410 px −5.9 % (Elephants 5640 at 1/4), ≥ 1920 px −2.8 %; pHash moves ≤ 2 bits
+/// everywhere. 5 × 300 keeps every photo within ±5 % and ≤ 2 bits. A 12-MP
+/// 4000×3000 photo then decodes at 1/2 (2000 px) instead of 1/4.
+pub const FAST_FEATURES_MIN_LONG_SIDE: u32 = 5 * LAPLACIAN_LONG_SIDE as u32;
+
+/// The least a reduced JPEG decode must keep (see [`scale_denom_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MinDecodeSize {
+    /// Minimum shorter side, in pixels.
+    pub shortest_edge: u32,
+    /// Minimum longer side, in pixels.
+    pub longest_edge: u32,
+}
+
+impl From<u32> for MinDecodeSize {
+    /// A bound on the shorter side only.
+    fn from(shortest_edge: u32) -> Self {
+        Self {
+            shortest_edge,
+            longest_edge: 0,
+        }
+    }
+}
+
 /// libjpeg's scale denominator (1, 2, 4 or 8) for a `width × height` JPEG: the
-/// smallest decode whose shorter side, rounded up as libjpeg rounds
-/// (`ceil(size / denom)`), is still at least `min_shortest_edge`.
-pub fn scale_denom_for(width: u32, height: u32, min_shortest_edge: u32) -> u32 {
-    let short = width.min(height);
+/// smallest decode whose sides, rounded up as libjpeg rounds (`ceil(size /
+/// denom)`), still reach both bounds of `min`.
+pub fn scale_denom_for(width: u32, height: u32, min: impl Into<MinDecodeSize>) -> u32 {
+    let min = min.into();
+    let (short, long) = (width.min(height), width.max(height));
     [8, 4, 2]
         .into_iter()
-        .find(|&d| short.div_ceil(d) >= min_shortest_edge)
+        .find(|&d| short.div_ceil(d) >= min.shortest_edge && long.div_ceil(d) >= min.longest_edge)
         .unwrap_or(1)
 }
 
@@ -189,13 +229,13 @@ pub fn decode_image_with_limit(bytes: &[u8], max_pixels: u64) -> Result<RgbImage
 }
 
 /// [`decode_image_with_limit`] that may decode a JPEG reduced (1/2, 1/4, 1/8, in
-/// libjpeg's DCT domain) as long as its shorter side stays at least
-/// `min_shortest_edge` (see [`DecodeMode::min_shortest_edge`]); `None` decodes at
-/// full size. The `max_pixels` check always uses the full header size.
+/// libjpeg's DCT domain) as long as it keeps `min_size` (see
+/// [`DecodeMode::min_decode_size`]); `None` decodes at full size. The `max_pixels`
+/// check always uses the full header size.
 pub fn decode_image_scaled(
     bytes: &[u8],
     max_pixels: u64,
-    min_shortest_edge: Option<u32>,
+    min_size: Option<MinDecodeSize>,
 ) -> Result<DecodedImage, PreprocessError> {
     let format = image::guess_format(bytes)
         .map_err(|_| PreprocessError::UnrecognizedFormat { len: bytes.len() })?;
@@ -205,7 +245,7 @@ pub fn decode_image_scaled(
         });
     }
     if format == ImageFormat::Jpeg {
-        return decode_jpeg(bytes, max_pixels, min_shortest_edge);
+        return decode_jpeg(bytes, max_pixels, min_size);
     }
     let name = format_name(format);
     let decode_err = |e: ImageError| map_image_error(name.clone(), e);
@@ -337,20 +377,42 @@ mod tests {
     }
 
     #[test]
+    fn scale_denominator_also_keeps_the_long_side() {
+        let fast = |short, long| MinDecodeSize {
+            shortest_edge: short,
+            longest_edge: long,
+        };
+        // 12-MP: 1/4 would leave a 1000 px long side; the features need 1500.
+        assert_eq!(scale_denom_for(4000, 3000, fast(448, 1500)), 2);
+        assert_eq!(scale_denom_for(3000, 4000, fast(448, 1500)), 2);
+        // 24-MP 6000×4000 at 1/4 keeps exactly 1500.
+        assert_eq!(scale_denom_for(6000, 4000, fast(448, 1500)), 4);
+        // 2560×1600 at 1/2 would be 1280 px long: full size.
+        assert_eq!(scale_denom_for(2560, 1600, fast(448, 1500)), 1);
+        // The long side alone can decide (a panorama).
+        assert_eq!(scale_denom_for(12000, 1000, fast(448, 1500)), 2);
+        assert_eq!(scale_denom_for(12000, 4000, fast(448, 1500)), 8);
+    }
+
+    #[test]
     fn mode_needs_an_edge_only_when_fast_and_resizing() {
         let cfg = PreprocessConfig::default();
-        assert_eq!(DecodeMode::Exact.min_shortest_edge(&cfg), None);
-        assert_eq!(DecodeMode::Fast.min_shortest_edge(&cfg), Some(448));
+        let edges = |mode: DecodeMode, cfg: &PreprocessConfig| {
+            mode.min_decode_size(cfg)
+                .map(|m| (m.shortest_edge, m.longest_edge))
+        };
+        assert_eq!(edges(DecodeMode::Exact, &cfg), None);
+        assert_eq!(edges(DecodeMode::Fast, &cfg), Some((448, 1500)));
         let cfg64 = PreprocessConfig {
             shortest_edge: 64,
             ..cfg.clone()
         };
-        assert_eq!(DecodeMode::Fast.min_shortest_edge(&cfg64), Some(128));
+        assert_eq!(edges(DecodeMode::Fast, &cfg64), Some((128, 1500)));
         let native = PreprocessConfig {
             do_resize: false,
             ..cfg
         };
-        assert_eq!(DecodeMode::Fast.min_shortest_edge(&native), None);
+        assert_eq!(edges(DecodeMode::Fast, &native), None);
         assert_eq!(DecodeMode::default(), DecodeMode::Fast);
         for mode in [DecodeMode::Exact, DecodeMode::Fast] {
             assert_eq!(mode.as_str().parse::<DecodeMode>(), Ok(mode));

@@ -25,7 +25,7 @@ use image::{DynamicImage, RgbImage};
 use mozjpeg::{ColorSpace, DctMethod, Decompress, Marker};
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr};
 
-use super::decode::{oriented_source_box, scale_denom_for, DecodedImage};
+use super::decode::{oriented_source_box, scale_denom_for, DecodedImage, MinDecodeSize};
 use super::PreprocessError;
 
 // With panic=abort, libjpeg's error exit would abort the whole server on the first
@@ -73,19 +73,19 @@ struct LibjpegFailure(String);
 /// `convert("RGB")` does, refusing images of more than `max_pixels` pixels before
 /// allocating anything for them.
 ///
-/// With `min_shortest_edge`, libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT
-/// domain when the reduced image still has a shorter side of at least that many
-/// pixels (see [`scale_denom_for`]); without it the output is PIL's, bit for bit.
+/// With `min_size`, libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain
+/// when the reduced image still keeps that size (see [`scale_denom_for`]);
+/// without it the output is PIL's, bit for bit.
 pub(super) fn decode_jpeg(
     bytes: &[u8],
     max_pixels: u64,
-    min_shortest_edge: Option<u32>,
+    min_size: Option<MinDecodeSize>,
 ) -> Result<DecodedImage, PreprocessError> {
     // Everything libjpeg touched is dropped inside the closure (its `Drop` calls
     // `jpeg_destroy_decompress`, valid after an error exit), so nothing observes
     // half-updated state afterwards and asserting unwind safety is sound.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        decode_unwinding(bytes, max_pixels, min_shortest_edge)
+        decode_unwinding(bytes, max_pixels, min_size)
     }));
     let result = outcome.unwrap_or_else(|payload| {
         Err(match payload.downcast::<LibjpegFailure>() {
@@ -109,7 +109,7 @@ pub(super) fn decode_jpeg(
 fn decode_unwinding(
     bytes: &[u8],
     max_pixels: u64,
-    min_shortest_edge: Option<u32>,
+    min_size: Option<MinDecodeSize>,
 ) -> Result<DecodedImage, JpegError> {
     // Only APP1 is needed (EXIF and XMP); saving nothing else keeps memory bounded.
     let mut dec = Decompress::builder()
@@ -142,14 +142,14 @@ fn decode_unwinding(
     dec.dct_method(DctMethod::IntegerSlow);
     dec.do_fancy_upsampling(true);
     dec.do_block_smoothing(true);
-    // The shorter side is the same before and after EXIF rotation, so the header
-    // size decides the scale. Denominator 1 leaves libjpeg's scaling untouched, so
+    // The shorter and longer sides are the same before and after EXIF rotation, so
+    // the header size decides the scale. Denominator 1 leaves libjpeg's scaling untouched, so
     // the exact path stays PIL's.
     let (full_w, full_h) = (
         u32::try_from(width).map_err(|_| JpegError::Libjpeg("width overflows u32".into()))?,
         u32::try_from(height).map_err(|_| JpegError::Libjpeg("height overflows u32".into()))?,
     );
-    let denom = min_shortest_edge.map_or(1, |min| scale_denom_for(full_w, full_h, min));
+    let denom = min_size.map_or(1, |min| scale_denom_for(full_w, full_h, min));
     if denom > 1 {
         // mozjpeg's `scale(n)` means n/8.
         dec.scale((8 / denom) as u8);
