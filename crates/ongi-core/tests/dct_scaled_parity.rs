@@ -260,7 +260,7 @@ fn fixture_jpegs_of_every_kind_reduce_faithfully() {
         ..PreprocessConfig::default()
     };
     // The shorter-side bound only: the fast mode's long-side bound for the pixel
-    // features (1500 px) would keep these small photos at full size.
+    // features (1000 px) would keep these small photos at full size.
     let min_edge = DecodeMode::Fast
         .min_decode_size(&cfg)
         .map(|m| m.shortest_edge.into());
