@@ -64,11 +64,9 @@ pub struct BenchArgs {
     pub in_process: bool,
 }
 
-/// One measured setting of the image tower (one `--json` line).
+/// What every timed loop reports (flattened into its `--json` line).
 #[derive(Serialize, Deserialize, Debug)]
-struct ModelResult {
-    batch_size: usize,
-    threads: usize,
+struct Timing {
     images: usize,
     images_per_sec: f64,
     ms_per_image: f64,
@@ -79,6 +77,15 @@ struct ModelResult {
     peak_rss_source: String,
 }
 
+/// One measured setting of the image tower (one `--json` line).
+#[derive(Serialize, Deserialize, Debug)]
+struct ModelResult {
+    batch_size: usize,
+    threads: usize,
+    #[serde(flatten)]
+    timing: Timing,
+}
+
 /// The `--preprocess` measurement (one `--json` line).
 #[derive(Serialize, Debug)]
 struct PreprocessResult {
@@ -86,13 +93,39 @@ struct PreprocessResult {
     /// JPEG decoding mode (`exact` or `fast`).
     decode: &'static str,
     files: usize,
+    #[serde(flatten)]
+    timing: Timing,
+}
+
+/// Times `run` (which processes `images` images) after the untimed `warmup`:
+/// wall time, this process's CPU time and CPU peaks, and the peak RSS since the
+/// reset taken before the warm-up.
+fn timed(
     images: usize,
-    images_per_sec: f64,
-    ms_per_image: f64,
-    cpu_avg_pct: f64,
-    cpu_peak_pct: f64,
-    peak_rss_mb: f64,
-    peak_rss_source: String,
+    warmup: impl FnOnce() -> Result<()>,
+    run: impl FnOnce() -> Result<()>,
+) -> Result<Timing> {
+    let rss_reset = reset_peak_rss();
+    let sampler = Sampler::start(Duration::from_millis(50));
+    warmup()?;
+    let cpu0 = cpu_seconds()?;
+    let t0 = Instant::now();
+    sampler.mark_start();
+    run()?;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds()? - cpu0;
+    let stats = sampler.stop();
+    let (peak_rss_mb, peak_rss_source) = peak_rss(rss_reset, stats.max_rss_kb)?;
+    let cpu_avg_pct = 100.0 * cpu / wall;
+    Ok(Timing {
+        images,
+        images_per_sec: images as f64 / wall,
+        ms_per_image: 1000.0 * wall / images as f64,
+        cpu_avg_pct,
+        cpu_peak_pct: stats.peak_cpu_pct.unwrap_or(cpu_avg_pct),
+        peak_rss_mb,
+        peak_rss_source,
+    })
 }
 
 /// Runs the command.
@@ -186,15 +219,15 @@ fn bench_model(args: &BenchArgs) -> Result<()> {
                     "{:>7} {:>5} {:>6} {:>9.2} {:>9.1} {:>9.0} {:>10.0} {:>12.0}",
                     r.threads,
                     r.batch_size,
-                    r.images,
-                    r.images_per_sec,
-                    r.ms_per_image,
-                    r.cpu_avg_pct,
-                    r.cpu_peak_pct,
-                    r.peak_rss_mb
+                    r.timing.images,
+                    r.timing.images_per_sec,
+                    r.timing.ms_per_image,
+                    r.timing.cpu_avg_pct,
+                    r.timing.cpu_peak_pct,
+                    r.timing.peak_rss_mb
                 )?;
-                if !rss_sources.contains(&r.peak_rss_source) {
-                    rss_sources.push(r.peak_rss_source.clone());
+                if !rss_sources.contains(&r.timing.peak_rss_source) {
+                    rss_sources.push(r.timing.peak_rss_source.clone());
                 }
             }
             out.flush()?;
@@ -255,39 +288,23 @@ fn bench_in_process(args: &BenchArgs) -> Result<()> {
     for &batch_size in &args.batch_sizes {
         let pixels = synthetic_pixels(batch_size, size, &cfg)?;
         let batches = args.images.div_ceil(batch_size);
-        let rss_reset = reset_peak_rss();
-        let sampler = Sampler::start(Duration::from_millis(50));
-        pool.install(|| -> Result<()> {
-            for _ in 0..args.warmup {
-                std::hint::black_box(model.image_features(&pixels)?.to_vec2::<f32>()?);
-            }
-            Ok(())
-        })?;
-        let cpu0 = cpu_seconds()?;
-        let t0 = Instant::now();
-        sampler.mark_start();
-        pool.install(|| -> Result<()> {
-            for _ in 0..batches {
-                std::hint::black_box(model.image_features(&pixels)?.to_vec2::<f32>()?);
-            }
-            Ok(())
-        })?;
-        let wall = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds()? - cpu0;
-        let stats = sampler.stop();
-        let images = batches * batch_size;
-        let (peak_rss_mb, peak_rss_source) = peak_rss(rss_reset, stats.max_rss_kb)?;
-        let cpu_avg_pct = 100.0 * cpu / wall;
+        let run_batches = |n: usize| {
+            pool.install(|| -> Result<()> {
+                for _ in 0..n {
+                    std::hint::black_box(model.image_features(&pixels)?.to_vec2::<f32>()?);
+                }
+                Ok(())
+            })
+        };
+        let timing = timed(
+            batches * batch_size,
+            || run_batches(args.warmup),
+            || run_batches(batches),
+        )?;
         let result = ModelResult {
             batch_size,
             threads,
-            images,
-            images_per_sec: images as f64 / wall,
-            ms_per_image: 1000.0 * wall / images as f64,
-            cpu_avg_pct,
-            cpu_peak_pct: stats.peak_cpu_pct.unwrap_or(cpu_avg_pct),
-            peak_rss_mb,
-            peak_rss_source,
+            timing,
         };
         serde_json::to_writer(&mut out, &result)?;
         out.write_all(b"\n")?;
@@ -344,34 +361,18 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     if files.is_empty() {
         bail!("--preprocess: no image files found");
     }
-    let rss_reset = reset_peak_rss();
-    let sampler = Sampler::start(Duration::from_millis(50));
-    for bytes in files.iter().cycle().take(args.warmup) {
-        std::hint::black_box(preprocess::load_and_preprocess(bytes, &cfg, decode)?);
-    }
     let images = args.images.max(files.len());
-    let cpu0 = cpu_seconds()?;
-    let t0 = Instant::now();
-    sampler.mark_start();
-    for bytes in files.iter().cycle().take(images) {
-        std::hint::black_box(preprocess::load_and_preprocess(bytes, &cfg, decode)?);
-    }
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds()? - cpu0;
-    let stats = sampler.stop();
-    let (peak_rss_mb, peak_rss_source) = peak_rss(rss_reset, stats.max_rss_kb)?;
-    let cpu_avg_pct = 100.0 * cpu / wall;
+    let run_images = |n: usize| -> Result<()> {
+        for bytes in files.iter().cycle().take(n) {
+            std::hint::black_box(preprocess::load_and_preprocess(bytes, &cfg, decode)?);
+        }
+        Ok(())
+    };
     let r = PreprocessResult {
         mode: "preprocess",
         decode: decode.as_str(),
         files: files.len(),
-        images,
-        images_per_sec: images as f64 / wall,
-        ms_per_image: 1000.0 * wall / images as f64,
-        cpu_avg_pct,
-        cpu_peak_pct: stats.peak_cpu_pct.unwrap_or(cpu_avg_pct),
-        peak_rss_mb,
-        peak_rss_source,
+        timing: timed(images, || run_images(args.warmup), || run_images(images))?,
     };
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -392,14 +393,14 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
             out,
             "{:>5} {:>6} {:>9.2} {:>9.2} {:>9.0} {:>10.0} {:>12.0}",
             r.files,
-            r.images,
-            r.images_per_sec,
-            r.ms_per_image,
-            r.cpu_avg_pct,
-            r.cpu_peak_pct,
-            r.peak_rss_mb
+            r.timing.images,
+            r.timing.images_per_sec,
+            r.timing.ms_per_image,
+            r.timing.cpu_avg_pct,
+            r.timing.cpu_peak_pct,
+            r.timing.peak_rss_mb
         )?;
-        writeln!(out, "{}", footnote(&[r.peak_rss_source]))?;
+        writeln!(out, "{}", footnote(&[r.timing.peak_rss_source]))?;
     }
     out.flush()?;
     Ok(())

@@ -10,6 +10,9 @@
 //! `ONGI_PARITY_DIR` (e.g. `~/.cache/ongi`, written by
 //! `make_fixtures.py --full`) to include it.
 
+#[path = "../../crates/ongi-core/tests/support/real_photos.rs"]
+mod real_photos;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -300,39 +303,10 @@ fn vit_b32_random_pipeline_matches_transformers() {
     }
 }
 
-/// Real photos for the fast-decode checks: `ONGI_REAL_PHOTOS`, else Debian's
-/// mate-backgrounds; `None` (skip) when absent, a panic under CI.
+/// Real photos for the fast-decode checks (see the shared support file).
 fn real_photos() -> Option<Vec<PathBuf>> {
-    let dir = std::env::var_os("ONGI_REAL_PHOTOS").map_or_else(
-        || PathBuf::from("/usr/share/backgrounds/mate"),
-        PathBuf::from,
-    );
-    if !dir.is_dir() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is missing (install mate-backgrounds or set ONGI_REAL_PHOTOS)",
-            dir.display()
-        );
-        println!("real photos: skipped ({} is missing)", dir.display());
-        return None;
-    }
-    let mut photos = Vec::new();
-    let mut dirs = vec![dir];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
-            {
-                photos.push(path);
-            }
-        }
-    }
-    photos.sort();
-    Some(photos)
+    let dir = real_photos::photo_dir()?;
+    Some(real_photos::jpegs(&dir))
 }
 
 /// Issue #5: on real photos, embeddings from the DCT-reduced decode stay within

@@ -9,6 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "support/real_photos.rs"]
+mod real_photos;
+
 use ongi_core::features;
 use ongi_core::preprocess::{
     decode_image_scaled, load_and_preprocess, preprocess_decoded, DecodeMode, PreprocessConfig,
@@ -22,46 +25,6 @@ const MAX_MEAN_ABS_DIFF: f64 = 0.02;
 /// on the short side, so all of them at factor 2; a different directory must
 /// still hold a few large ones).
 const MIN_REDUCED: usize = 3;
-
-fn photo_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ONGI_REAL_PHOTOS").map_or_else(
-        || PathBuf::from("/usr/share/backgrounds/mate"),
-        PathBuf::from,
-    );
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: install mate-backgrounds or set ONGI_REAL_PHOTOS",
-        dir.display()
-    );
-    println!(
-        "dct_scaled_parity: skipped ({} is missing; install mate-backgrounds or set ONGI_REAL_PHOTOS)",
-        dir.display()
-    );
-    None
-}
-
-fn jpegs(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
-            {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -102,8 +65,10 @@ fn with_orientation(bytes: &[u8], orientation: u16) -> Vec<u8> {
 
 #[test]
 fn fast_decode_stays_within_budget_on_real_photos() {
-    let Some(dir) = photo_dir() else { return };
-    let photos = jpegs(&dir);
+    let Some(dir) = real_photos::photo_dir() else {
+        return;
+    };
+    let photos = real_photos::jpegs(&dir);
     assert!(!photos.is_empty(), "no JPEGs under {}", dir.display());
     let cfg = PreprocessConfig::default();
     let factors = [1.0, 1.5, 2.0];
@@ -196,14 +161,16 @@ fn fast_decode_stays_within_budget_on_real_photos() {
 
 #[test]
 fn fast_decode_follows_exif_orientation() {
-    let Some(dir) = photo_dir() else { return };
+    let Some(dir) = real_photos::photo_dir() else {
+        return;
+    };
     // Prefer a photo whose size is not a multiple of its scale denominator: then the
     // reduced image's last row or column is partly padding, which an EXIF flip
     // moves to the start, and only the right source box keeps the grid aligned.
     let cfg = PreprocessConfig::default();
     let min_edge = DecodeMode::Fast.min_decode_size(&cfg);
     let mut best: Option<((bool, u32), Vec<u8>, PathBuf)> = None;
-    for path in jpegs(&dir) {
+    for path in real_photos::jpegs(&dir) {
         let bytes = std::fs::read(&path).unwrap();
         let d = decode_image_scaled(&bytes, DEFAULT_MAX_PIXELS, min_edge).unwrap();
         let ragged =
@@ -266,7 +233,7 @@ fn fixture_jpegs_of_every_kind_reduce_faithfully() {
         .map(|m| m.shortest_edge.into());
     let mut table = String::from("fixtures, 64 px config, fast vs exact:\n");
     let mut count = 0;
-    for path in jpegs(&dir) {
+    for path in real_photos::jpegs(&dir) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if name == "corrupt.jpg" {
             continue;

@@ -18,52 +18,13 @@ const LAP_ABS_FLOOR: f64 = 1.0;
 /// Largest pHash Hamming distance (duplicate grouping compares distances).
 const MAX_PHASH_BITS: u32 = 2;
 
-use std::path::{Path, PathBuf};
+#[path = "support/real_photos.rs"]
+mod real_photos;
 
 use ongi_core::features::{self, PixelFeatures};
 use ongi_core::preprocess::{
     decode_image_scaled, DecodeMode, PreprocessConfig, DEFAULT_MAX_PIXELS, FAST_SAFETY_FACTOR,
 };
-
-fn photo_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ONGI_REAL_PHOTOS").map_or_else(
-        || PathBuf::from("/usr/share/backgrounds/mate"),
-        PathBuf::from,
-    );
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: install mate-backgrounds or set ONGI_REAL_PHOTOS",
-        dir.display()
-    );
-    println!(
-        "fast_features_parity: skipped ({} is missing; install mate-backgrounds or set ONGI_REAL_PHOTOS)",
-        dir.display()
-    );
-    None
-}
-
-fn jpegs(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
-            {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 /// Relative Laplacian-variance difference `(fast - exact) / exact`.
 fn lap_rel(exact: &PixelFeatures, fast: &PixelFeatures) -> f64 {
@@ -73,8 +34,10 @@ fn lap_rel(exact: &PixelFeatures, fast: &PixelFeatures) -> f64 {
 
 #[test]
 fn features_at_every_scale_on_real_photos() {
-    let Some(dir) = photo_dir() else { return };
-    let photos = jpegs(&dir);
+    let Some(dir) = real_photos::photo_dir() else {
+        return;
+    };
+    let photos = real_photos::jpegs(&dir);
     assert!(!photos.is_empty(), "no JPEGs under {}", dir.display());
     let cfg = PreprocessConfig::default();
     let mut failures = Vec::new();
