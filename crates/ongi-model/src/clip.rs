@@ -213,8 +213,8 @@ pub struct ClipModel {
     text: TextTower,
     device: Device,
     dtype: DType,
-    vision_kernels: VisionKernels,
-    /// The fused forward's compute threads (fused kernels only).
+    /// The fused forward's compute threads: present exactly when the vision
+    /// tower runs [`VisionKernels::Fused`].
     team: Option<Arc<Team>>,
 }
 
@@ -273,14 +273,17 @@ impl ClipModel {
             text,
             device: device.clone(),
             dtype,
-            vision_kernels,
             team,
         })
     }
 
     /// The vision tower's implementation.
     pub fn vision_kernels(&self) -> VisionKernels {
-        self.vision_kernels
+        if self.team.is_some() {
+            VisionKernels::Fused
+        } else {
+            VisionKernels::Candle
+        }
     }
 
     /// The configuration the model was built from.
@@ -349,16 +352,13 @@ impl ClipModel {
                 &self.device,
             )?);
         }
-        match self.vision_kernels {
-            VisionKernels::Fused => {
+        match &self.team {
+            Some(team) => {
                 let pixels = pixel_values
                     .to_device(&Device::Cpu)?
                     .to_dtype(DType::F32)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                let team = self.team.as_ref().ok_or_else(|| {
-                    ModelError::Input("fused vision forward without a compute team".into())
-                })?;
                 let features =
                     crate::vision_cpu::image_features(&self.vision, vc, &pixels, batch, team)?;
                 Ok(Tensor::from_vec(
@@ -367,7 +367,7 @@ impl ClipModel {
                     &Device::Cpu,
                 )?)
             }
-            VisionKernels::Candle => Ok(self.vision_forward(pixel_values, batch)?),
+            None => Ok(self.vision_forward(pixel_values, batch)?),
         }
     }
 

@@ -117,12 +117,8 @@ impl Team {
         // before returning or unwinding.
         let mut spins = 0u32;
         while s.pending.load(Ordering::Acquire) != 0 {
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(4096) {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+            spins = spins.saturating_add(1);
+            back_off(spins);
         }
         s.job.store(std::ptr::null_mut(), Ordering::Relaxed);
         let helper_panicked = s.panicked.swap(false, Ordering::Relaxed);
@@ -165,7 +161,7 @@ fn helper(s: &Shared, share: usize) {
             if s.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            spins = spins.wrapping_add(1);
+            spins = spins.saturating_add(1);
             if spins.is_multiple_of(1024) && started.elapsed() > SPIN {
                 // Park; the epoch is re-checked under the lock the caller
                 // takes to notify, so no wake-up is lost.
@@ -175,7 +171,7 @@ fn helper(s: &Shared, share: usize) {
                     g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
             } else {
-                std::hint::spin_loop();
+                back_off(spins);
             }
         }
         let job = s.job.load(Ordering::Relaxed) as *const Job<'_>;
@@ -188,6 +184,17 @@ fn helper(s: &Shared, share: usize) {
             s.panicked.store(true, Ordering::Relaxed);
         }
         s.pending.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// One wait step: a few busy spins first (the next pass or the last share is
+/// usually microseconds away), then yielding the core, so that with more
+/// threads than cores the thread being waited for gets to run.
+fn back_off(spins: u32) {
+    if spins < 128 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
 
