@@ -57,14 +57,19 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs go to stderr so that stdout stays machine-readable; `RUST_LOG` filters.
-/// `RUST_LOG` filters (default `info` for ongi, `warn` otherwise);
-/// `ONGI_LOG_FORMAT=json` gives one JSON object per line.
+/// Logs go to stderr so that stdout stays machine-readable. `RUST_LOG`
+/// filters (default `info` for ongi, `warn` otherwise);
+/// `ONGI_LOG_FORMAT=json` gives one JSON object per line. Colours only on a
+/// terminal, and never with `NO_COLOR` set, so a log file holds no escape codes.
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ongi=info,ongi_core=info"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if std::env::var("ONGI_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();

@@ -62,6 +62,11 @@ pub struct PipelineArgs {
     /// embedded by then fail with "deadline exceeded"; the finished ones are kept.
     #[arg(long, env = "ONGI_REQUEST_TIMEOUT_SECS", default_value_t = 120.0)]
     pub request_timeout_secs: f64,
+    /// Read local photos that have more than one hard link. Off by default: a
+    /// hard link in the image root can name any file on the same file system,
+    /// so such files fail with "hard links" unless every link is trusted.
+    #[arg(long, env = "ONGI_ALLOW_HARD_LINKS")]
+    pub allow_hard_links: bool,
     #[command(flatten)]
     pub decode: DecodeArgs,
     #[command(flatten)]
@@ -119,8 +124,8 @@ pub struct Pipeline {
     pub analyzer: Analyzer,
     /// The feature store (also inside `embedding`).
     pub store: Arc<dyn FeatureStore>,
-    /// Where photos come from, for logs.
-    pub source_description: String,
+    /// Where photos come from, as clients may be told (no local path, no endpoint).
+    pub source_public: String,
 }
 
 /// Loads the model, opens source and store, starts the inference worker and
@@ -179,11 +184,13 @@ pub async fn build(
     )?;
     let source_limits = SourceLimits {
         max_bytes: args.max_image_bytes,
+        allow_hard_links: args.allow_hard_links,
         ..SourceLimits::default()
     };
     let source = ImageSource::from_spec(images, source_limits)
         .with_context(|| format!("opening the image source {images}"))?;
     let source_description = source.describe();
+    let source_public = source.public_description();
     let store = ongi_core::store::open_store(&args.store, args.cache_ttl.map(Duration::from_secs))
         .await
         .with_context(|| format!("opening the feature store {}", args.store))?;
@@ -246,7 +253,7 @@ pub async fn build(
         embedding,
         analyzer,
         store,
-        source_description,
+        source_public,
     })
 }
 

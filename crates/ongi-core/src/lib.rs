@@ -10,3 +10,4 @@ pub mod preprocess;
 pub mod source;
 pub mod store;
 pub mod tokenize;
+pub mod untrusted;

@@ -6,16 +6,20 @@
 //!
 //! | spec | backend |
 //! |---|---|
-//! | `/srv/photos`, `./photos`, `file:///srv/photos` | local directory (object_store `LocalFileSystem`) |
+//! | `/srv/photos`, `./photos`, `file:///srv/photos` | local directory, read beneath its open descriptor |
 //! | `s3://bucket[/prefix]` | Amazon S3 or an S3-compatible server, standard `AWS_*` environment |
 //! | `gs://bucket[/prefix]` | Google Cloud Storage, standard `GOOGLE_*` environment |
 //!
 //! Keys come from clients and are treated as hostile: [`validate_key`] rejects
 //! anything that is not a plain relative path before any backend sees it, and
-//! the local backend additionally refuses symlinks that lead out of the root.
+//! the local backend additionally refuses symlinks that lead out of the root,
+//! special files (FIFOs, devices, sockets) and, by default, files with more
+//! than one hard link; see [`read_local`].
 //! Every failure is a [`SourceError`] for that one image; nothing here panics
 //! on client input.
 
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,10 +29,11 @@ use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, RetryConfig};
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 /// Longest accepted key, in bytes (S3's own limit is 1024 bytes as well).
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -42,6 +47,12 @@ pub struct SourceLimits {
     pub timeout: Duration,
     /// Retries after a transient remote error (default 2; 0 disables them).
     pub retries: u32,
+    /// Local directory only: read a regular file that has more than one hard
+    /// link (default false). A hard link inside the root can name a file
+    /// anywhere else on the same file system, and nothing about the link
+    /// shows where the other names are, so such files are refused unless the
+    /// operator says every link in the root is trusted.
+    pub allow_hard_links: bool,
 }
 
 impl Default for SourceLimits {
@@ -50,6 +61,7 @@ impl Default for SourceLimits {
             max_bytes: 50 * 1024 * 1024,
             timeout: Duration::from_secs(30),
             retries: 2,
+            allow_hard_links: false,
         }
     }
 }
@@ -77,6 +89,15 @@ pub enum SourceError {
     /// The fetch did not finish within [`SourceLimits::timeout`].
     #[error("timed out fetching the image")]
     Timeout,
+    /// A local file with several hard links, refused unless
+    /// [`SourceLimits::allow_hard_links`] is set.
+    #[error(
+        "image refused: the file has {links} hard links, so it may be a file outside the image root"
+    )]
+    HardLinked {
+        /// The file's link count.
+        links: u64,
+    },
     /// Any other storage failure, with its cause.
     #[error("image storage error: {0}")]
     Backend(String),
@@ -131,10 +152,10 @@ pub fn validate_key(key: &str) -> Result<(), SourceError> {
 /// Cheap to clone; clones share the underlying client and connection pool.
 #[derive(Clone)]
 pub struct ImageSource {
-    store: Arc<dyn ObjectStore>,
     backend: Backend,
     limits: SourceLimits,
     description: String,
+    public_description: String,
 }
 
 // By hand rather than derived: the stores' own Debug output includes their
@@ -149,12 +170,13 @@ impl std::fmt::Debug for ImageSource {
 }
 
 /// What [`ImageSource::fetch`] must do besides asking the store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Backend {
-    /// Local directory; `root` is canonical (symlinks resolved).
-    Local { root: PathBuf },
+    /// Local directory: `root` is canonical (symlinks resolved) and `dir` is
+    /// the root held open, so every file is opened relative to it.
+    Local { root: PathBuf, dir: Arc<OwnedFd> },
     /// S3 or GCS: the key checks are all that is needed.
-    Remote,
+    Remote(Arc<dyn ObjectStore>),
 }
 
 /// A parsed source spec.
@@ -229,11 +251,12 @@ impl ImageSource {
                 let store = builder
                     .build()
                     .map_err(|e| SourceError::InvalidSpec(format!("S3: {e}")))?;
-                let mut description = url_description("s3", &bucket, prefix.as_deref());
-                if let Some(endpoint) = endpoint {
-                    description.push_str(&format!(" at {}", redact_url(&endpoint)));
-                }
-                Ok(Self::remote(store, prefix, limits, description))
+                let public = url_description("s3", &bucket, prefix.as_deref());
+                let description = match endpoint {
+                    Some(endpoint) => format!("{public} at {}", redact_url(&endpoint)),
+                    None => public.clone(),
+                };
+                Ok(Self::remote(store, prefix, limits, description, public))
             }
             Spec::Gcs { bucket, prefix } => {
                 let mut builder = GoogleCloudStorageBuilder::from_env();
@@ -255,7 +278,13 @@ impl ImageSource {
                     .build()
                     .map_err(|e| SourceError::InvalidSpec(format!("GCS: {e}")))?;
                 let description = url_description("gs", &bucket, prefix.as_deref());
-                Ok(Self::remote(store, prefix, limits, description))
+                Ok(Self::remote(
+                    store,
+                    prefix,
+                    limits,
+                    description.clone(),
+                    description,
+                ))
             }
         }
     }
@@ -270,12 +299,19 @@ impl ImageSource {
                 dir.display()
             )));
         }
-        let store = LocalFileSystem::new_with_prefix(&root)
-            .map_err(|e| SourceError::InvalidSpec(format!("image directory: {e}")))?;
+        let dir = rustix::fs::open(
+            &root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| SourceError::InvalidSpec(format!("image directory {}: {e}", dir.display())))?;
         Ok(Self {
-            store: Arc::new(store),
             description: format!("local directory {}", root.display()),
-            backend: Backend::Local { root },
+            public_description: "a local directory".to_owned(),
+            backend: Backend::Local {
+                root,
+                dir: Arc::new(dir),
+            },
             limits,
         })
     }
@@ -285,16 +321,17 @@ impl ImageSource {
         prefix: Option<String>,
         limits: SourceLimits,
         description: String,
+        public_description: String,
     ) -> Self {
         let store: Arc<dyn ObjectStore> = match prefix {
             Some(prefix) => Arc::new(PrefixStore::new(store, prefix)),
             None => Arc::new(store),
         };
         Self {
-            store,
-            backend: Backend::Remote,
+            backend: Backend::Remote(store),
             limits,
             description,
+            public_description,
         }
     }
 
@@ -319,33 +356,44 @@ impl ImageSource {
         self.description.clone()
     }
 
+    /// What a client may be told about the source: the bucket, never a local
+    /// path or an endpoint.
+    pub fn public_description(&self) -> String {
+        self.public_description.clone()
+    }
+
     /// The limits this source enforces.
     pub fn limits(&self) -> &SourceLimits {
         &self.limits
     }
 
     async fn fetch_unbounded(&self, key: &str) -> Result<Bytes, SourceError> {
-        let location = match &self.backend {
-            Backend::Local { root } => resolve_local(root, key).await?,
-            Backend::Remote => {
-                ObjectPath::parse(key).map_err(|e| SourceError::InvalidKey(e.to_string()))?
+        let store = match &self.backend {
+            Backend::Local { root, dir } => {
+                let (root, dir, key) = (root.clone(), dir.clone(), key.to_owned());
+                let limits = self.limits;
+                // canonicalize, open, fstat and read are blocking syscalls.
+                return tokio::task::spawn_blocking(move || read_local(&root, &dir, &key, &limits))
+                    .await
+                    .map_err(|e| SourceError::Backend(format!("local read task failed: {e}")))?;
             }
+            Backend::Remote(store) => store,
         };
-        let result = self
-            .store
+        let location =
+            ObjectPath::parse(key).map_err(|e| SourceError::InvalidKey(e.to_string()))?;
+        let result = store
             .get(&location)
             .await
             .map_err(|e| self.store_error(e, key))?;
-        // The size comes with the response metadata (file metadata, or the
-        // HTTP Content-Length), so an oversized object is refused before any
-        // of its body is read.
+        // The size comes with the response metadata (the HTTP
+        // Content-Length), so an oversized object is refused before any of
+        // its body is read.
         let limit = self.limits.max_bytes;
         let size = result.meta.size;
         if size > limit {
             return Err(SourceError::TooLarge { size, limit });
         }
-        // Still cap the read itself: a local file can grow after its
-        // metadata was taken, and a server can send more than it announced.
+        // Still cap the read itself: a server can send more than it announced.
         let mut body = result.into_stream();
         let mut buf = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
         while let Some(chunk) = body.next().await {
@@ -367,18 +415,7 @@ impl ImageSource {
                 SourceError::InvalidKey(source.to_string())
             }
             other if is_timeout(&other) => SourceError::Timeout,
-            other => {
-                let message = other.to_string();
-                // Local errors name absolute paths; the client has no business
-                // learning where the photo directory lives on the server.
-                let message = match &self.backend {
-                    Backend::Local { root } => {
-                        message.replace(&*root.to_string_lossy(), "<image root>")
-                    }
-                    Backend::Remote => message,
-                };
-                SourceError::Backend(message)
-            }
+            other => SourceError::Backend(other.to_string()),
         }
     }
 }
@@ -397,30 +434,36 @@ fn is_timeout(error: &object_store::Error) -> bool {
     false
 }
 
-/// Resolves `key` under the local `root`, refusing targets outside it.
+/// Reads `key` from the local image root, refusing anything outside it and
+/// anything that is not a regular file.
 ///
-/// object_store's `LocalFileSystem` maps a key to `root/key` and opens it,
-/// following symlinks wherever they lead. [`validate_key`] keeps the key
-/// *lexically* inside the root, but a symlink inside the root (left by
-/// whoever fills the photo directory, or planted by a compromised uploader)
-/// could still point at `/etc/shadow` or the server's credentials. So before
-/// anything is opened, the real path of the target is computed (every
-/// symlink, in every component, resolved) and must lie under the canonical
-/// root. Symlinks that stay inside the root are fine.
-async fn resolve_local(root: &FsPath, key: &str) -> Result<ObjectPath, SourceError> {
-    let root = root.to_path_buf();
-    let key = key.to_owned();
-    // canonicalize and metadata are blocking syscalls.
-    tokio::task::spawn_blocking(move || resolve_local_blocking(&root, &key))
-        .await
-        .map_err(|e| SourceError::Backend(format!("local lookup task failed: {e}")))?
-}
-
-fn resolve_local_blocking(root: &FsPath, key: &str) -> Result<ObjectPath, SourceError> {
+/// A key is lexically inside the root ([`validate_key`]), but a symlink in
+/// the root (left by whoever fills the photo directory, or planted by a
+/// compromised uploader) could still point at `/etc/shadow`, and someone with
+/// write access could swap a checked file for a FIFO, on which a plain
+/// `open` blocks forever. So:
+///
+/// 1. the real path of `root/key` is computed (every symlink resolved) and
+///    must lie under the canonical root; symlinks that stay inside are fine;
+/// 2. that symlink-free relative path is opened beneath the held-open root
+///    with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, `O_NONBLOCK` and
+///    `O_NOFOLLOW`: a link swapped into any component after step 1 fails the
+///    open instead of being followed, and a FIFO opens without waiting for
+///    a writer (kernels without `openat2` fall back to `openat` with
+///    `O_NOFOLLOW`, which guards the last component);
+/// 3. the *opened* descriptor is checked with `fstat`: it must be a regular
+///    file, and one with a single link unless hard links are allowed;
+/// 4. at most `max_bytes + 1` bytes are read, so a file growing meanwhile
+///    cannot push past the limit.
+fn read_local(
+    root: &FsPath,
+    dir: &OwnedFd,
+    key: &str,
+    limits: &SourceLimits,
+) -> Result<Bytes, SourceError> {
+    let not_found = || SourceError::NotFound(key.to_owned());
     let io_error = |error: std::io::Error| match error.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
-            SourceError::NotFound(key.to_owned())
-        }
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => not_found(),
         // std's io errors carry no path, so the message is safe to return.
         _ => SourceError::Backend(error.to_string()),
     };
@@ -429,18 +472,64 @@ fn resolve_local_blocking(root: &FsPath, key: &str) -> Result<ObjectPath, Source
     let relative = real
         .strip_prefix(root)
         .map_err(|_| SourceError::InvalidKey("key resolves outside the image root".to_owned()))?;
-    if !std::fs::metadata(&real).map_err(io_error)?.is_file() {
-        return Err(SourceError::NotFound(key.to_owned()));
+    let file = open_beneath(dir, relative).map_err(|errno| match errno {
+        Errno::NOENT | Errno::NOTDIR => not_found(),
+        // ENXIO: a socket; ELOOP/EXDEV: a link appeared after the check.
+        Errno::NXIO => not_found(),
+        Errno::LOOP | Errno::XDEV => {
+            SourceError::Backend("the file changed while it was being opened".to_owned())
+        }
+        other => SourceError::Backend(std::io::Error::from(other).to_string()),
+    })?;
+    let stat = rustix::fs::fstat(&file)
+        .map_err(|e| SourceError::Backend(std::io::Error::from(e).to_string()))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(not_found());
     }
-    // Hand the store the resolved path rather than the key, so it opens the
-    // file that was checked instead of following the links a second time.
-    // This narrows but cannot close the window in which someone with write
-    // access to the root swaps a link between check and open; requests
-    // themselves cannot create links.
-    let relative = relative
-        .to_str()
-        .ok_or_else(|| SourceError::Backend("file name is not valid UTF-8".to_owned()))?;
-    ObjectPath::parse(relative).map_err(|e| SourceError::InvalidKey(e.to_string()))
+    // nlink_t is u64 on 64-bit Linux and u32 elsewhere.
+    #[allow(clippy::useless_conversion)]
+    let links = u64::from(stat.st_nlink);
+    if links > 1 && !limits.allow_hard_links {
+        return Err(SourceError::HardLinked { links });
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    let limit = limits.max_bytes;
+    if size > limit {
+        return Err(SourceError::TooLarge { size, limit });
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    std::fs::File::from(file)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(io_error)?;
+    let total = buf.len() as u64;
+    if total > limit {
+        return Err(SourceError::TooLarge { size: total, limit });
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Opens a symlink-free `relative` path beneath `dir` without following any
+/// link and without blocking on a FIFO.
+fn open_beneath(dir: &OwnedFd, relative: &FsPath) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // An empty relative path is the root itself, which is not a file.
+    let relative = if relative.as_os_str().is_empty() {
+        FsPath::new(".")
+    } else {
+        relative
+    };
+    match rustix::fs::openat2(
+        dir,
+        relative,
+        flags,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        // Kernels before 5.6, and sandboxes that filter the call.
+        Err(Errno::NOSYS | Errno::PERM) => rustix::fs::openat(dir, relative, flags, Mode::empty()),
+        other => other,
+    }
 }
 
 fn check_limits(limits: &SourceLimits) -> Result<(), SourceError> {

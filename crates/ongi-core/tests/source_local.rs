@@ -255,12 +255,109 @@ fn default_limits() {
 }
 
 #[tokio::test]
-async fn names_reserved_by_object_store_fail_per_image() {
-    // object_store's LocalFileSystem reserves `name#<digits>` for its own
-    // temporary files and refuses to read such names.
+async fn names_with_a_hash_are_read() {
+    // `name#<digits>` is an ordinary file name (object_store's LocalFileSystem
+    // reserved it for its temporary files; the local source no longer uses it).
     let fx = fixture();
     fs::write(fx.root.join("scan#1"), b"x").unwrap();
     let src = source(&fx);
-    let result = src.fetch("scan#1").await;
-    assert!(matches!(result, Err(SourceError::Backend(_))), "{result:?}");
+    assert_eq!(&src.fetch("scan#1").await.unwrap()[..], b"x");
+}
+
+#[tokio::test]
+async fn hard_links_are_refused_unless_allowed() {
+    let fx = fixture();
+    // A hard link in the root to the secret outside it: the link itself is an
+    // ordinary file inside the root, only its link count gives it away.
+    let secret = fx.root.parent().unwrap().join("outside/secret.txt");
+    fs::hard_link(&secret, fx.root.join("linked.jpg")).unwrap();
+    let src = source(&fx);
+    let result = src.fetch("linked.jpg").await;
+    assert_eq!(result, Err(SourceError::HardLinked { links: 2 }));
+    let message = result.unwrap_err().to_string();
+    assert!(message.contains("hard links"), "{message}");
+    // ordinary files still read
+    assert_eq!(&src.fetch("a.jpg").await.unwrap()[..], b"photo a");
+
+    let trusting = ImageSource::from_spec(
+        fx.root.to_str().unwrap(),
+        SourceLimits {
+            allow_hard_links: true,
+            ..limits()
+        },
+    )
+    .unwrap();
+    assert_eq!(&trusting.fetch("linked.jpg").await.unwrap()[..], b"SECRET");
+}
+
+/// A file swapped for a FIFO, or for a symlink out of the root, between the
+/// path check and the open (the race a hostile uploader with write access to
+/// the root can run): no fetch blocks, none reads the secret. Every swap is
+/// raced against a fetch many times; each fetch must finish promptly with the
+/// photo, not-found, or an error, never with the secret's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_swapped_during_the_fetch_never_hang_or_escape() {
+    let fx = fixture();
+    let secret = fx.root.parent().unwrap().join("outside/secret.txt");
+    let target = fx.root.join("swap.jpg");
+    let fifo = fx.root.join("swap.fifo");
+    let link = fx.root.join("swap.link");
+    let photo = fx.root.join("swap.photo");
+    let src = source(&fx);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let stop = stop.clone();
+        let (target, fifo, link, photo) =
+            (target.clone(), fifo.clone(), link.clone(), photo.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::write(&photo, b"photo").unwrap();
+                fs::rename(&photo, &target).unwrap();
+                let _ = fs::remove_file(&fifo);
+                let made = std::process::Command::new("mkfifo")
+                    .arg(&fifo)
+                    .status()
+                    .unwrap();
+                assert!(made.success());
+                fs::rename(&fifo, &target).unwrap();
+                let _ = fs::remove_file(&link);
+                symlink(&secret, &link).unwrap();
+                fs::rename(&link, &target).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
+    let started = Instant::now();
+    for _ in 0..600 {
+        let fetch_started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(5), src.fetch("swap.jpg"))
+            .await
+            .expect("a fetch hung on a swapped file");
+        assert!(fetch_started.elapsed() < Duration::from_secs(5));
+        let outcome = match &result {
+            Ok(bytes) => {
+                assert_eq!(&bytes[..], b"photo", "read something other than the photo");
+                "photo"
+            }
+            Err(SourceError::NotFound(_)) => "not found",
+            Err(SourceError::InvalidKey(reason)) => {
+                assert!(reason.contains("outside the image root"), "{reason}");
+                "outside the root"
+            }
+            Err(SourceError::Backend(_)) => "changed while opened",
+            Err(other) => panic!("unexpected {other:?}"),
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    println!(
+        "600 fetches against {swaps} swaps in {:.1?}: {outcomes:?}",
+        started.elapsed()
+    );
+    assert!(swaps > 0);
+    assert_eq!(outcomes.values().sum::<usize>(), 600);
 }

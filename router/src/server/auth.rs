@@ -101,6 +101,42 @@ impl ApiKeys {
     }
 }
 
+/// The keys in `path`: one per line; blank lines and lines starting with `#`
+/// are skipped. A file readable by other users is accepted with a warning.
+pub fn read_key_file(path: &std::path::Path) -> anyhow::Result<Vec<ApiKey>> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the API key file {}", path.display()))?;
+    let mut keys = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line.parse::<ApiKey>().map_err(|reason| {
+            anyhow::anyhow!(
+                "API key file {} line {}: {reason}",
+                path.display(),
+                number + 1
+            )
+        })?;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        anyhow::bail!("the API key file {} holds no key", path.display());
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "the API key file is readable by other users; `chmod 600` it"
+            );
+        }
+    }
+    Ok(keys)
+}
+
 /// The token of `Bearer TOKEN` (scheme case-insensitive), if that is the header's form.
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let value = trim_ascii(value);
@@ -155,7 +191,7 @@ pub async fn require_api_key(
     }
     metrics::counter!("ongi_unauthorized_requests_total").increment(1);
     tracing::info!(
-        path = %request.uri().path(),
+        path = %ongi_core::untrusted::Untrusted(request.uri().path()),
         key_present = request.headers().contains_key(header::AUTHORIZATION)
             || request.headers().contains_key("x-api-key"),
         "request refused: missing or wrong API key"

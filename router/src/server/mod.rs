@@ -2,11 +2,16 @@
 
 mod api;
 mod auth;
+mod conn;
+mod envelope;
 mod limits;
+mod listener;
 mod routes;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
@@ -18,6 +23,7 @@ use utoipa::OpenApi;
 use crate::pipeline::{self, AnalysisArgs, Pipeline, PipelineArgs};
 use auth::{ApiKey, ApiKeys};
 use limits::LimitArgs;
+use listener::ConnArgs;
 
 /// Arguments of `ongi serve`; every flag also reads an `ONGI_*` variable.
 #[derive(clap::Args, Debug)]
@@ -28,8 +34,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "ONGI_BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
-    /// After SIGTERM/Ctrl-C, how long in-flight requests may take before the
-    /// server stops anyway (stalled clients cannot hold it open).
+    /// After SIGTERM/Ctrl-C, how long requests in progress may take before the
+    /// server stops anyway (idle and half-sent connections are closed at once).
     #[arg(long, env = "ONGI_SHUTDOWN_GRACE_SECS", default_value_t = 30.0)]
     pub shutdown_grace_secs: f64,
     /// Key required on every `/api/*` request (`Authorization: Bearer KEY` or
@@ -42,8 +48,15 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<ApiKey>,
+    /// File holding accepted API keys, one per line (blank lines and `#`
+    /// comments ignored), added to `--api-key`; keeps keys out of `ps` and
+    /// the environment.
+    #[arg(long, env = "ONGI_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub connections: ConnArgs,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     #[command(flatten)]
@@ -92,7 +105,13 @@ fn install_metrics() -> Result<PrometheusHandle> {
 /// Runs the server until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> Result<()> {
     args.limits.validate()?;
-    let api_keys = Arc::new(ApiKeys::new(&args.api_keys));
+    let conn_limits = args.connections.limits()?;
+    let cap = args.connections.connection_cap()?;
+    let mut keys = args.api_keys.clone();
+    if let Some(path) = &args.api_key_file {
+        keys.extend(auth::read_key_file(path)?);
+    }
+    let api_keys = Arc::new(ApiKeys::new(&keys));
     if api_keys.enabled() {
         tracing::info!(
             keys = api_keys.len(),
@@ -103,7 +122,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let compute = args.pipeline.resolve_compute()?;
     let prometheus = install_metrics()?;
-    pipeline::runtime()?.block_on(async move {
+    let runtime = pipeline::runtime()?;
+    let result = runtime.block_on(async move {
         let pipeline =
             pipeline::build(&args.pipeline, &args.analysis, &args.images, compute).await?;
         let store = pipeline.store.clone();
@@ -116,50 +136,63 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("binding {}", args.bind))?;
-        tracing::info!(addr = %listener.local_addr()?, "ongi listening");
-        // The grace period starts at the signal; past it, connections still
-        // open (a stalled client, a very slow request) are dropped.
-        let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
-        let grace = std::time::Duration::from_secs_f64(args.shutdown_grace_secs.max(0.0));
-        let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            let _ = signalled.send(true);
-        });
-        tokio::select! {
-            result = serve => result?,
-            _ = async {
-                let _ = on_signal.wait_for(|s| *s).await;
-                tokio::time::sleep(grace).await;
-            } => tracing::warn!(grace_secs = grace.as_secs_f64(), "grace period over: dropping connections still open"),
-        }
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            max_connections = cap,
+            header_timeout_secs = conn_limits.header_timeout.as_secs_f64(),
+            body_timeout_secs = conn_limits.body_timeout.as_secs_f64(),
+            idle_timeout_secs = conn_limits.idle_timeout.as_secs_f64(),
+            "ongi listening"
+        );
+        let grace = Duration::from_secs_f64(args.shutdown_grace_secs.max(0.0));
+        listener::serve(
+            listener,
+            router(state),
+            conn_limits,
+            cap,
+            shutdown_signal(),
+            grace,
+        )
+        .await;
         store.flush().await.context("flushing the feature store")?;
-        tracing::info!("ongi stopped");
         Ok(())
-    })
+    });
+    // A blocking task (a photo read, a store call) may still be running:
+    // wait for it briefly, never without bound.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    tracing::info!("ongi stopped");
+    result
 }
 
 /// All routes: `/api/*` behind the API-key check (when keys are set) and the
 /// body-size limit; health, metrics and the OpenAPI document open.
 fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.limits.max_body_bytes;
     let mut api = Router::new()
         .route("/api/albums/embedding", post(routes::embedding))
         .route("/api/albums/duplicates", post(routes::duplicates))
         .route("/api/albums/quality", post(routes::quality))
         .route("/api/albums/categories", post(routes::categories))
-        .route("/api/albums/score", post(routes::score));
+        .route("/api/albums/score", post(routes::score))
+        .route_layer(axum::middleware::from_fn_with_state(
+            max_body,
+            envelope::refuse_oversized_body,
+        ));
+    // The key check wraps the size check: an unauthorised client learns nothing.
     if state.api_keys.enabled() {
         api = api.route_layer(axum::middleware::from_fn_with_state(
             state.api_keys.clone(),
             auth::require_api_key,
         ));
     }
-    let max_body = state.limits.max_body_bytes;
     Router::new()
         .merge(api)
         .route("/health/info", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .route("/openapi.json", get(routes::openapi))
+        .fallback(envelope::not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(envelope::envelope_errors))
         .with_state(state)
 }
 

@@ -10,6 +10,7 @@ use axum::Json;
 use ongi_core::analysis::AnalysisError;
 use ongi_core::embedding::{log_timings, EmbedError};
 use ongi_core::features::FeatureRecord;
+use ongi_core::untrusted::{echo_key, Untrusted};
 
 use super::api::{
     self, created, ApiError, CategoriesRequest, CategoriesResponse, CategoryImages, CategoryScores,
@@ -99,10 +100,14 @@ pub async fn embedding(
         .map_err(|e| embed_error(&app, e))?;
     log_timings(keys.len(), &report);
     for failure in &report.failed {
-        tracing::warn!(key = %failure.key, reason = %failure.reason, "image failed");
+        tracing::warn!(
+            key = %Untrusted(&failure.key),
+            reason = %Untrusted(&failure.reason),
+            "image failed"
+        );
     }
-    let data =
-        (!report.failed.is_empty()).then(|| report.failed.iter().map(|f| f.key.clone()).collect());
+    let data = (!report.failed.is_empty())
+        .then(|| report.failed.iter().map(|f| echo_key(&f.key)).collect());
     Ok(created(EmbeddingResponse {
         message: SUCCESS.into(),
         data,
@@ -277,7 +282,7 @@ pub async fn health(State(app): State<Arc<AppState>>) -> Json<HealthResponse> {
         message: format!(
             "ongi serving model {} from {}",
             app.pipeline.embedding.model_id(),
-            app.pipeline.source_description
+            app.pipeline.source_public
         ),
         version: env!("CARGO_PKG_VERSION").into(),
     })

@@ -49,10 +49,32 @@ pub struct OngiServer {
 impl OngiServer {
     /// Starts `ongi serve --bind 127.0.0.1:PORT ARGS...` with `envs` and waits for `/health/info`.
     pub fn start(args: &[&str], envs: &[(String, String)]) -> Self {
+        Self::start_with_fd_limit(args, envs, None)
+    }
+
+    /// Like [`OngiServer::start`], under `ulimit -n NOFILE` (soft and hard) when given.
+    pub fn start_with_fd_limit(
+        args: &[&str],
+        envs: &[(String, String)],
+        nofile: Option<u32>,
+    ) -> Self {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("server.log");
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_ongi"))
+        let mut command = match nofile {
+            // The shell sets the limit, then becomes the server (same pid).
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+                    env!("CARGO_BIN_EXE_ongi"),
+                ]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_ongi")),
+        };
+        let child = command
             .arg("serve")
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(args)
@@ -92,6 +114,22 @@ impl OngiServer {
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server stopped").id()
+    }
+
+    /// The server's resident set size now, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in /proc/PID/status")
+            * 1024
     }
 
     /// Sends SIGTERM and waits for the exit status.

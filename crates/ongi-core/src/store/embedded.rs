@@ -161,12 +161,64 @@ fn open_blocking(path: &Path) -> Result<Database, StoreError> {
             source,
         })?;
     }
-    let db = Database::create(path).map_err(|e| redb_err(path, e))?;
-    let txn = db.begin_write().map_err(|e| redb_err(path, e))?;
-    txn.open_table(RECORDS).map_err(|e| redb_err(path, e))?;
-    txn.open_table(BLOBS).map_err(|e| redb_err(path, e))?;
-    txn.commit().map_err(|e| redb_err(path, e))?;
-    Ok(db)
+    let damaged = |detail: String| StoreError::Damaged {
+        path: path.display().to_string(),
+        detail,
+    };
+    // redb reports most damage as `Corrupted`, but some damaged files make it
+    // panic while reading them; either way the answer is the same.
+    let opened = quiet_panics(|| {
+        let db = Database::create(path).map_err(|e| redb_err(path, e))?;
+        let txn = db.begin_write().map_err(|e| redb_err(path, e))?;
+        txn.open_table(RECORDS).map_err(|e| redb_err(path, e))?;
+        txn.open_table(BLOBS).map_err(|e| redb_err(path, e))?;
+        txn.commit().map_err(|e| redb_err(path, e))?;
+        Ok(db)
+    });
+    match opened {
+        Ok(Err(StoreError::Redb {
+            source: redb::Error::Corrupted(detail),
+            ..
+        })) => Err(damaged(detail)),
+        // "Not a redb database: magic number mismatch" and the like.
+        Ok(Err(StoreError::Redb {
+            source: redb::Error::Io(err),
+            ..
+        })) if err.kind() == std::io::ErrorKind::InvalidData => Err(damaged(err.to_string())),
+        Ok(result) => result,
+        Err(panic) => Err(damaged(panic_message(panic.as_ref()))),
+    }
+}
+
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic without the panic hook's report (which would
+/// show the user a backtrace note for what is a damaged file). Panics on
+/// other threads are reported as usual.
+fn quiet_panics<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET_PANICS.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(false));
+    result
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the store library failed while reading it".to_owned())
 }
 
 /// Whether a stored value's expiry prefix lies in the past. A value too short
@@ -242,5 +294,19 @@ impl FeatureStore for RedbStore {
 
     fn describe(&self) -> String {
         format!("redb:{}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quiet_panics_become_errors_with_their_message() {
+        let caught = super::quiet_panics(|| -> u8 { panic!("page 7 is unreadable") });
+        let payload = caught.unwrap_err();
+        assert_eq!(
+            super::panic_message(payload.as_ref()),
+            "page 7 is unreadable"
+        );
+        assert_eq!(super::quiet_panics(|| 5).unwrap(), 5);
     }
 }

@@ -38,6 +38,17 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
+    /// The embedded store's file is damaged (not a readable database).
+    #[error(
+        "the feature cache {path} is damaged ({detail}). It holds only cached features, which are \
+         recomputed on demand: move or delete the file, or use another store path, and start again"
+    )]
+    Damaged {
+        /// The database file.
+        path: String,
+        /// What was wrong with it.
+        detail: String,
+    },
     /// Creating the embedded store's parent directory failed.
     #[error("embedded store {path}: cannot create its directory: {source}")]
     Io {
@@ -69,13 +80,13 @@ pub enum StoreError {
     /// A blocking store task panicked or was cancelled.
     #[error("embedded store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-    /// The store spec is unusable (e.g. empty).
+    /// The store spec is unusable (e.g. empty, or an unknown URL scheme).
     #[error("invalid store spec {spec:?}: {reason}")]
     InvalidSpec {
         /// The spec as given.
         spec: String,
         /// Why it was rejected.
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -114,10 +125,11 @@ pub trait FeatureStore: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// Opens the store named by `spec`: `redis://…` / `rediss://…` → Redis,
-/// anything else → an embedded redb file at that path (created if missing,
-/// parent directories included). `ttl` makes entries expire that long after
-/// they are written.
+/// Opens the store named by `spec`: `redis://…`, `rediss://…`,
+/// `redis+unix://…` or `unix://…` (scheme in any case) → Redis; any other
+/// `scheme://` is refused; anything else → an embedded redb file at that
+/// path (created if missing, parent directories included). `ttl` makes
+/// entries expire that long after they are written.
 ///
 /// A Redis server that cannot be reached fails here, within a few seconds,
 /// rather than on the first request.
@@ -129,15 +141,31 @@ pub async fn open_store(
     if spec.is_empty() {
         return Err(StoreError::InvalidSpec {
             spec: spec.to_owned(),
-            reason: "empty",
+            reason: "empty".to_owned(),
         });
     }
-    if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-        Ok(Arc::new(RedisStore::connect(spec, ttl).await?))
-    } else {
-        Ok(Arc::new(RedbStore::open(spec, ttl).await?))
+    match spec.split_once("://") {
+        None => Ok(Arc::new(RedbStore::open(spec, ttl).await?)),
+        Some((scheme, rest)) => {
+            // URL schemes are case-insensitive; the Redis client wants lower case.
+            let scheme = scheme.to_ascii_lowercase();
+            if !REDIS_SCHEMES.contains(&scheme.as_str()) {
+                return Err(StoreError::InvalidSpec {
+                    spec: spec.to_owned(),
+                    reason: format!(
+                        "unknown scheme '{scheme}://': use a file path for the embedded store, or {}",
+                        REDIS_SCHEMES.map(|s| format!("{s}://")).join(", ")
+                    ),
+                });
+            }
+            let url = format!("{scheme}://{rest}");
+            Ok(Arc::new(RedisStore::connect(&url, ttl).await?))
+        }
     }
 }
+
+/// The URL schemes the Redis client understands.
+const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis+unix", "unix"];
 
 /// Absolute expiry as milliseconds since the Unix epoch, 0 meaning never;
 /// shared by backends that must implement TTLs themselves.
@@ -162,7 +190,7 @@ fn decode_or_miss(model: &str, key: &str, bytes: &[u8]) -> Option<FeatureRecord>
     match FeatureRecord::decode(bytes) {
         Ok(rec) => Some(rec),
         Err(err) => {
-            tracing::warn!(model, key, error = %err, "undecodable feature record, treating as missing");
+            tracing::warn!(model, key = %crate::untrusted::Untrusted(key), error = %err, "undecodable feature record, treating as missing");
             None
         }
     }

@@ -1,0 +1,149 @@
+//! Every answer in the contract's `{"message", "data"}` envelope, including
+//! the ones no handler writes: unknown routes (404), wrong methods (405),
+//! axum's own rejections, over-long URIs (414), and the automatic answers
+//! hyper writes for heads it cannot parse (400, 414, 431; see `conn.rs`).
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ongi_core::untrusted::Untrusted;
+
+use super::api::ErrorResponse;
+
+/// Longest request target accepted, in bytes; a longer one gets 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// The envelope's `message` for an error status.
+pub fn message_for(status: StatusCode) -> String {
+    match status {
+        StatusCode::BAD_REQUEST => "invalid_request".into(),
+        StatusCode::FORBIDDEN => "unauthorized_server".into(),
+        StatusCode::PRECONDITION_REQUIRED => "embedding_required".into(),
+        StatusCode::INTERNAL_SERVER_ERROR => "internal_server_error".into(),
+        other => other
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+            .replace([' ', '-'], "_"),
+    }
+}
+
+/// `{"message": ..., "data": reason}` for `status` as JSON bytes.
+pub fn envelope_bytes(status: StatusCode, reason: &str) -> Vec<u8> {
+    let body = ErrorResponse {
+        message: message_for(status),
+        data: serde_json::Value::String(reason.to_owned()),
+    };
+    // Serialising a struct of two strings cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// An error answer in the envelope.
+pub fn error_response(status: StatusCode, reason: &str) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        envelope_bytes(status, reason),
+    )
+        .into_response()
+}
+
+/// The router's fallback: 404 for a path no route serves.
+pub async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        &format!("no route {method} {}", Untrusted(uri.path())),
+    )
+}
+
+/// Outermost middleware: refuses over-long URIs, and wraps any error answer
+/// that is not already JSON (axum's plain-text rejections, empty 405s) in
+/// the envelope, keeping its status and headers (`Allow`, `Retry-After`).
+pub async fn envelope_errors(request: Request, next: Next) -> Response {
+    if request.uri().to_string().len() > MAX_URI_BYTES {
+        return error_response(
+            StatusCode::URI_TOO_LONG,
+            &format!("the request target is longer than {MAX_URI_BYTES} bytes"),
+        );
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // axum's rejection texts are short; anything longer is cut, not echoed.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let reason = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.to_owned(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(envelope_bytes(status, &reason)))
+}
+
+/// On the `/api/*` routes: a declared body over `--max-body-bytes` is
+/// refused from its `Content-Length` alone, before any of it is read (so a
+/// client sending `Expect: 100-continue` is never told to go ahead).
+pub async fn refuse_oversized_body(
+    State(max_body): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body as u64) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            &format!("request body is larger than the limit of {max_body} bytes"),
+        );
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_follow_the_contract_then_the_reason_phrase() {
+        assert_eq!(message_for(StatusCode::BAD_REQUEST), "invalid_request");
+        assert_eq!(message_for(StatusCode::NOT_FOUND), "not_found");
+        assert_eq!(
+            message_for(StatusCode::METHOD_NOT_ALLOWED),
+            "method_not_allowed"
+        );
+        assert_eq!(message_for(StatusCode::URI_TOO_LONG), "uri_too_long");
+        assert_eq!(
+            message_for(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            "request_header_fields_too_large"
+        );
+        assert_eq!(
+            message_for(StatusCode::SERVICE_UNAVAILABLE),
+            "service_unavailable"
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&envelope_bytes(StatusCode::NOT_FOUND, "no route")).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"message": "not_found", "data": "no route"})
+        );
+    }
+}
