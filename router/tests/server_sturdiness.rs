@@ -15,14 +15,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::{photo_dir, photo_names, tiny_model, OngiServer};
 
-fn store_arg(dir: &tempfile::TempDir) -> String {
-    dir.path()
-        .join("features.redb")
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// Starts a server over a copy of the photos, with `extra` flags.
 fn start(
     photos: &tempfile::TempDir,
@@ -30,18 +22,8 @@ fn start(
     extra: &[&str],
     nofile: Option<u32>,
 ) -> OngiServer {
-    let model = tiny_model();
-    let store = store_arg(store);
-    let mut args = vec![
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        photos.path().to_str().unwrap(),
-        "--store",
-        store.as_str(),
-    ];
-    args.extend(extra);
-    OngiServer::start_with_fd_limit(&args, &[], nofile)
+    let store = store.path().join("features.redb");
+    OngiServer::start_over(photos.path(), &store, extra, nofile)
 }
 
 fn addr(server: &OngiServer) -> String {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{photo_dir, photo_names, tiny_model, OngiServer};
+use support::{photo_dir, photo_names, OngiServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SLOW_CLIENTS: usize = 300;
@@ -70,17 +70,9 @@ async fn three_hundred_slow_connections_do_not_fail_a_normal_client() {
         .unwrap_or(60);
     let photos = photo_dir();
     let store = tempfile::tempdir().unwrap();
-    let model = tiny_model();
-    let store_path = store.path().join("features.redb");
-    let mut server = OngiServer::start_with_fd_limit(
-        &[
-            "--model",
-            model.to_str().unwrap(),
-            "--images",
-            photos.path().to_str().unwrap(),
-            "--store",
-            store_path.to_str().unwrap(),
-        ],
+    let mut server = OngiServer::start_over(
+        photos.path(),
+        &store.path().join("features.redb"),
         &[],
         Some(256),
     );

@@ -52,6 +52,23 @@ impl OngiServer {
         Self::start_with_fd_limit(args, envs, None)
     }
 
+    /// `ongi serve` with the tiny model over the photos in `photos`, the
+    /// embedded store at `store`, then `extra` flags, under `ulimit -n NOFILE`
+    /// when given.
+    pub fn start_over(photos: &Path, store: &Path, extra: &[&str], nofile: Option<u32>) -> Self {
+        let model = tiny_model();
+        let mut args = vec![
+            "--model",
+            model.to_str().unwrap(),
+            "--images",
+            photos.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        Self::start_with_fd_limit(&args, &[], nofile)
+    }
+
     /// Like [`OngiServer::start`], under `ulimit -n NOFILE` (soft and hard) when given.
     pub fn start_with_fd_limit(
         args: &[&str],
