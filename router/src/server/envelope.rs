@@ -121,6 +121,94 @@ pub async fn refuse_oversized_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::routing::{get, post};
+    use tower::ServiceExt;
+
+    /// Bare statuses from handlers, extractors, the method router and the
+    /// fallback all leave in the envelope; JSON answers and successes pass.
+    #[tokio::test]
+    async fn bare_error_answers_are_enveloped() {
+        let app = axum::Router::new()
+            .route("/bare413", get(|| async { StatusCode::PAYLOAD_TOO_LARGE }))
+            .route(
+                "/text400",
+                get(|| async { (StatusCode::BAD_REQUEST, "axum says no") }),
+            )
+            .route(
+                "/json",
+                get(|| async { error_response(StatusCode::CONFLICT, "already") }),
+            )
+            .route("/ok", post(|| async { "fine" }))
+            .fallback(not_found)
+            .layer(axum::middleware::from_fn(envelope_errors));
+        let cases = [
+            (
+                "GET",
+                "/bare413".to_owned(),
+                413,
+                Some(("payload_too_large", "Payload Too Large")),
+            ),
+            (
+                "GET",
+                "/text400".to_owned(),
+                400,
+                Some(("invalid_request", "axum says no")),
+            ),
+            (
+                "GET",
+                "/ok".to_owned(),
+                405,
+                Some(("method_not_allowed", "Method Not Allowed")),
+            ),
+            (
+                "GET",
+                "/nope%1B".to_owned(),
+                404,
+                Some(("not_found", "no route GET /nope%1B")),
+            ),
+            (
+                "GET",
+                format!("/ok?{}", "q".repeat(MAX_URI_BYTES)),
+                414,
+                None,
+            ),
+            (
+                "GET",
+                "/json".to_owned(),
+                409,
+                Some(("conflict", "already")),
+            ),
+            ("POST", "/ok".to_owned(), 200, None),
+        ];
+        for (method, uri, status, expected) in cases {
+            let request = Request::builder()
+                .method(method)
+                .uri(&uri)
+                .body(Body::empty())
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status().as_u16(), status, "{uri:.40}");
+            let json = response.headers().get(header::CONTENT_TYPE).cloned();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            if status == 200 {
+                assert_eq!(&body[..], b"fine");
+                continue;
+            }
+            assert_eq!(json.unwrap(), "application/json", "{uri:.40}");
+            let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            match expected {
+                Some((message, data)) => {
+                    assert_eq!(value, serde_json::json!({"message": message, "data": data}))
+                }
+                None => assert_eq!(
+                    value["message"],
+                    message_for(StatusCode::from_u16(status).unwrap())
+                ),
+            }
+        }
+    }
 
     #[test]
     fn messages_follow_the_contract_then_the_reason_phrase() {
