@@ -348,7 +348,6 @@ pub struct TrackedIo {
     inner: Option<TcpStream>,
     conn: Arc<ConnState>,
     replacement: Option<Replacement>,
-    linger: bool,
 }
 
 struct Replacement {
@@ -365,7 +364,6 @@ impl TrackedIo {
             inner: Some(inner),
             conn,
             replacement: None,
-            linger: false,
         }
     }
 
@@ -380,7 +378,7 @@ impl TrackedIo {
 impl Drop for TrackedIo {
     fn drop(&mut self) {
         if let Some(stream) = self.inner.take() {
-            if self.linger || self.conn.unread_input.load(Ordering::Relaxed) {
+            if self.conn.unread_input.load(Ordering::Relaxed) {
                 linger_close(stream);
             }
         }
@@ -446,7 +444,8 @@ impl AsyncWrite for TrackedIo {
         let this = self.get_mut();
         if this.replacement.is_none() {
             if let Some(bytes) = enveloped_automatic_answer(buf) {
-                this.linger = true;
+                // hyper closes after its own answers, whatever is still unread.
+                this.conn.unread_input.store(true, Ordering::Relaxed);
                 this.replacement = Some(Replacement {
                     bytes,
                     written: 0,

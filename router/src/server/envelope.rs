@@ -65,7 +65,12 @@ pub async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
 /// that is not already JSON (axum's plain-text rejections, empty 405s) in
 /// the envelope, keeping its status and headers (`Allow`, `Retry-After`).
 pub async fn envelope_errors(request: Request, next: Next) -> Response {
-    if request.uri().to_string().len() > MAX_URI_BYTES {
+    // The request target as sent: origin form is path and query alone.
+    let target_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if target_len > MAX_URI_BYTES {
         return error_response(
             StatusCode::URI_TOO_LONG,
             &format!("the request target is longer than {MAX_URI_BYTES} bytes"),
