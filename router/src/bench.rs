@@ -59,6 +59,10 @@ pub struct BenchArgs {
     // The JPEG decoding mode that --preprocess times.
     #[command(flatten)]
     pub decode: DecodeArgs,
+    /// With --preprocess: also compute the pixel features (greyscale decode,
+    /// pHash, blur variance), as the server does for every photo.
+    #[arg(long)]
+    pub pixel_features: bool,
     /// Internal: run the single thread setting in this process.
     #[arg(long, hide = true)]
     pub in_process: bool,
@@ -92,6 +96,8 @@ struct PreprocessResult {
     mode: &'static str,
     /// JPEG decoding mode (`exact` or `fast`).
     decode: &'static str,
+    /// Whether the pixel features were computed too.
+    pixel_features: bool,
     files: usize,
     #[serde(flatten)]
     timing: Timing,
@@ -365,12 +371,17 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     let run_images = |n: usize| -> Result<()> {
         for bytes in files.iter().cycle().take(n) {
             std::hint::black_box(preprocess::load_and_preprocess(bytes, &cfg, decode)?);
+            if args.pixel_features {
+                let grey = preprocess::decode_grey(bytes, preprocess::DEFAULT_MAX_PIXELS, None)?;
+                std::hint::black_box(ongi_core::features::pixel_features(&grey));
+            }
         }
         Ok(())
     };
     let r = PreprocessResult {
         mode: "preprocess",
         decode: decode.as_str(),
+        pixel_features: args.pixel_features,
         files: files.len(),
         timing: timed(images, || run_images(args.warmup), || run_images(images))?,
     };
@@ -381,8 +392,15 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     } else {
         writeln!(
             out,
-            "ongi bench --preprocess: {} decode + preprocess ({}x{} crop), 1 thread, files read into memory first",
-            decode, cfg.crop_width, cfg.crop_height
+            "ongi bench --preprocess: {} decode + preprocess ({}x{} crop){}, 1 thread, files read into memory first",
+            decode,
+            cfg.crop_width,
+            cfg.crop_height,
+            if args.pixel_features {
+                " + pixel features (grey decode, pHash, blur)"
+            } else {
+                ""
+            }
         )?;
         writeln!(
             out,

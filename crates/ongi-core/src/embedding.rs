@@ -330,20 +330,20 @@ impl EmbeddingService {
         let (tx, rx) = oneshot::channel();
         self.decode_pool.spawn(move || {
             let t = Instant::now();
-            let out = preprocess::decode_image_scaled(&bytes, max_pixels, min_edge).map(|d| {
+            let out = preprocess::decode_image_scaled(&bytes, max_pixels, min_edge).and_then(|d| {
                 let decode = t.elapsed();
                 let t = Instant::now();
                 let pixels = preprocess::preprocess_decoded(&d, &cfg);
-                // pHash and blur come from the decoded (maybe reduced) pixels: the
-                // fast decode keeps a long side ≥ 5× the blur test's 300 px, where
-                // both match the exact decode's (FAST_FEATURES_MIN_LONG_SIDE). The
-                // record keeps the photo's real size.
+                // pHash and blur are defined on OpenCV's full-size greyscale decode,
+                // whatever scale the model's pixels were decoded at, so fast and
+                // exact decoding give the same duplicate and blur answers.
+                let grey = preprocess::decode_grey(&bytes, max_pixels, Some(&d))?;
                 let pixel_features = features::PixelFeatures {
                     width: d.width,
                     height: d.height,
-                    ..features::pixel_features(&d.image)
+                    ..features::pixel_features(&grey)
                 };
-                (pixels, pixel_features, decode, t.elapsed())
+                Ok((pixels, pixel_features, decode, t.elapsed()))
             });
             let _ = tx.send(out);
         });

@@ -16,6 +16,7 @@
 
 mod config;
 mod decode;
+mod grey;
 mod jpeg;
 pub mod resize;
 
@@ -28,9 +29,9 @@ pub use config::{
 };
 pub use decode::{
     decode_image, decode_image_scaled, decode_image_with_limit, scale_denom_for, DecodeMode,
-    DecodedImage, MinDecodeSize, DEFAULT_MAX_PIXELS, FAST_FEATURES_MIN_LONG_SIDE,
-    FAST_SAFETY_FACTOR,
+    DecodedImage, MinDecodeSize, DEFAULT_MAX_PIXELS, FAST_SAFETY_FACTOR,
 };
+pub use grey::decode_grey;
 
 /// Why an image or a preprocessing configuration could not be used.
 #[derive(Debug, thiserror::Error)]

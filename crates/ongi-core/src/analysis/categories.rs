@@ -1,4 +1,4 @@
-//! Themed categories: the original's representative-tag algorithm (SPEC §3), step for step.
+//! Themed categories: the original's representative-tag algorithm, step for step.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,115 +56,109 @@ fn top_tags(sims: &[f32], cfg: &CategoriesConfig) -> Vec<(usize, f32)> {
 }
 
 /// Step 2: representativeness of every tag over `images`: the sum of its scores
-/// in the images' top tags plus `bonus` × the sum of those above τ.
+/// in the images' top tags plus `bonus` × the sum of those above τ, each sum
+/// accumulated in f32 and combined at the end, as the original computes it.
 fn representativeness(
     top: &[Vec<(usize, f32)>],
     images: &[usize],
     n_tags: usize,
     cfg: &CategoriesConfig,
 ) -> Vec<f32> {
-    let mut r = vec![0.0f32; n_tags];
+    let mut sum = vec![0.0f32; n_tags];
+    let mut above = vec![0.0f32; n_tags];
     for &i in images {
         for &(t, s) in &top[i] {
-            r[t] += s;
+            sum[t] += s;
             if s > cfg.tau {
-                r[t] += cfg.bonus * s;
+                above[t] += s;
             }
         }
     }
-    r
+    sum.iter()
+        .zip(&above)
+        .map(|(s, a)| s + cfg.bonus * a)
+        .collect()
 }
 
-/// Tags ranked by representativeness (ties keep tag order), only those that occur.
-fn ranked(r: &[f32], top: &[Vec<(usize, f32)>], images: &[usize]) -> Vec<usize> {
-    let mut present = vec![false; r.len()];
-    for &i in images {
-        for &(t, _) in &top[i] {
-            present[t] = true;
-        }
-    }
-    let mut tags: Vec<usize> = (0..r.len()).filter(|&t| present[t]).collect();
-    tags.sort_by(|&a, &b| r[b].total_cmp(&r[a]).then(a.cmp(&b)));
+/// Every tag ranked by representativeness, best first; ties keep tag order
+/// (a stable sort over all tags, as the original's `sorted`).
+fn ranked(r: &[f32]) -> Vec<usize> {
+    let mut tags: Vec<usize> = (0..r.len()).collect();
+    tags.sort_by(|&a, &b| r[b].total_cmp(&r[a]));
     tags
 }
 
-/// Splits images into themed groups from their tag similarities.
-///
-/// `sims[i][t]` is the similarity of image `i` to tag `t` (mean cosine over
-/// the tag's prompts). Every image ends up in exactly one group. Groups come
-/// in the order of the album's representative tags, then tags introduced by
-/// step 4 in tag order, then the other group; empty groups are dropped.
-pub fn categorize(sims: &[Vec<f32>], n_tags: usize, cfg: &CategoriesConfig) -> Vec<Group> {
-    let all: Vec<usize> = (0..sims.len()).collect();
-    // 1. per image: top tags above the threshold
-    let top: Vec<Vec<(usize, f32)>> = sims.iter().map(|s| top_tags(s, cfg)).collect();
-    // 2. the album's representative tags
-    let r = representativeness(&top, &all, n_tags, cfg);
-    let mut representative = ranked(&r, &top, &all);
-    representative.truncate(cfg.representative_tags);
-    // 3. each image to the first of its top tags that is representative, else other
-    let mut assigned: Vec<Option<usize>> = top
-        .iter()
-        .map(|tags| {
-            tags.iter()
-                .map(|&(t, _)| t)
-                .find(|t| representative.contains(t))
-        })
-        .collect();
-    // 4. per group, recompute the representative tag over its images; where it
-    //    differs, move each image to it if it is among the image's top tags, else to other
-    let groups_before = assigned.clone();
-    for &tag in &representative {
-        let members: Vec<usize> = all
-            .iter()
-            .copied()
-            .filter(|&i| groups_before[i] == Some(tag))
-            .collect();
-        if members.is_empty() {
-            continue;
-        }
-        let r = representativeness(&top, &members, n_tags, cfg);
-        let Some(&best) = ranked(&r, &top, &members).first() else {
-            continue;
-        };
-        if best != tag {
-            for &i in &members {
-                assigned[i] = top[i].iter().any(|&(t, _)| t == best).then_some(best);
-            }
+/// Groups in the order their first image arrives, as the original's dicts keep them.
+#[derive(Default)]
+struct OrderedGroups(Vec<Group>);
+
+impl OrderedGroups {
+    fn push(&mut self, tag: Option<usize>, image: usize) {
+        self.extend(tag, &[image]);
+    }
+
+    fn extend(&mut self, tag: Option<usize>, images: &[usize]) {
+        match self.0.iter_mut().find(|g| g.tag == tag) {
+            Some(g) => g.images.extend_from_slice(images),
+            None => self.0.push(Group {
+                tag,
+                images: images.to_vec(),
+            }),
         }
     }
-    // group in the documented order
-    let mut order: Vec<usize> = representative.clone();
-    let mut introduced: Vec<usize> = assigned
-        .iter()
-        .flatten()
-        .copied()
-        .filter(|t| !representative.contains(t))
-        .collect();
-    introduced.sort_unstable();
-    introduced.dedup();
-    order.extend(introduced);
-    let mut groups: Vec<Group> = order
-        .into_iter()
-        .map(|t| Group {
-            tag: Some(t),
-            images: all
-                .iter()
-                .copied()
-                .filter(|&i| assigned[i] == Some(t))
-                .collect(),
-        })
-        .collect();
-    groups.push(Group {
-        tag: None,
-        images: all
+}
+
+/// Splits images into themed groups from their tag similarities, step for step
+/// as the original's `categorize_images`.
+///
+/// `sims[i][t]` is the similarity of image `i` to tag `t` (mean cosine over
+/// the tag's prompts). Every image ends up in exactly one group.
+///
+/// 1. per image, its `top_k` tags with similarity ≥ `min_similarity`, best first;
+/// 2. the album's `representative_tags` best tags by [`representativeness`];
+/// 3. each image joins the first of its top tags that is representative, else
+///    the other group;
+/// 4. per group (other excepted), the best tag over its images is found again;
+///    where it differs from the group's tag, each image moves to it if it is
+///    among the image's top tags, else to the other group.
+///
+/// Groups come in the order their first image arrived in step 4 (the order of
+/// the original's dictionaries): step 3's groups in the order of their first
+/// image, each image appended as it is moved. Images keep that arrival order,
+/// so a group can list a later image before an earlier one, as the original does.
+pub fn categorize(sims: &[Vec<f32>], n_tags: usize, cfg: &CategoriesConfig) -> Vec<Group> {
+    let all: Vec<usize> = (0..sims.len()).collect();
+    let top: Vec<Vec<(usize, f32)>> = sims.iter().map(|s| top_tags(s, cfg)).collect();
+    let mut representative = ranked(&representativeness(&top, &all, n_tags, cfg));
+    representative.truncate(cfg.representative_tags);
+
+    let mut first = OrderedGroups::default();
+    for (i, tags) in top.iter().enumerate() {
+        let tag = tags
             .iter()
-            .copied()
-            .filter(|&i| assigned[i].is_none())
-            .collect(),
-    });
-    groups.retain(|g| !g.images.is_empty());
-    groups
+            .map(|&(t, _)| t)
+            .find(|t| representative.contains(t));
+        first.push(tag, i);
+    }
+
+    let mut last = OrderedGroups::default();
+    for group in first.0 {
+        let Some(tag) = group.tag else {
+            last.extend(None, &group.images);
+            continue;
+        };
+        let r = representativeness(&top, &group.images, n_tags, cfg);
+        let best = ranked(&r).first().copied().unwrap_or(tag);
+        if best == tag {
+            last.extend(Some(tag), &group.images);
+            continue;
+        }
+        for &i in &group.images {
+            let moved = top[i].iter().any(|&(t, _)| t == best).then_some(best);
+            last.push(moved, i);
+        }
+    }
+    last.0
 }
 
 #[cfg(test)]
@@ -187,10 +181,11 @@ mod tests {
     /// top tags: 0 [B .50, A .40], 1 [B .45, A .35], 2 [A .30, B .29], 3 [C .40, A .20],
     /// 4 [C .39, A .21], 5 [A .27, C .26], 6 [A .15, B .10].
     /// Album R: A = 1.88 + 0.5·1.05 = 2.405, B = 1.34 + 0.5·1.24 = 1.96, C = 1.05 + 0.5·0.79 = 1.445
-    /// → representative [A, B]. Step 3: B {0,1}, A {2,3,4,5,6}.
+    /// → representative [A, B]. Step 3 (in order of first image): B {0,1}, A {2,3,4,5,6}.
     /// Step 4, group A: R_A = 1.13 + 0.5·0.30 = 1.28 < R_C = 1.05 + 0.5·0.79 = 1.445 → C:
     /// 3, 4, 5 have C among their top tags → C; 2 and 6 do not → 기타.
     /// Group B: R_B = 0.95 + 0.475 = 1.425 > R_A = 0.75 + 0.375 = 1.125 → stays.
+    /// Order of arrival in step 4: B, then 기타 (image 2), then C (image 3).
     #[test]
     fn hand_derived_grouping_with_reclassification_and_other() {
         let sims = vec![
@@ -211,12 +206,12 @@ mod tests {
                     images: vec![0, 1]
                 },
                 Group {
-                    tag: Some(C),
-                    images: vec![3, 4, 5]
-                },
-                Group {
                     tag: None,
                     images: vec![2, 6]
+                },
+                Group {
+                    tag: Some(C),
+                    images: vec![3, 4, 5]
                 },
             ]
         );
@@ -235,15 +230,12 @@ mod tests {
             vec![0.05, 0.02, 0.08], // nothing ≥ 0.1 → other
             vec![0.12, 0.35, 0.0],  // top [B, A] → B
         ];
-        // R: A = .30 + .15 + .12 = .57, B = .20 + .35 + .175 = .725 → [B, A]
+        // R: A = .30 + .15 + .12 = .57, B = .20 + .35 + .175 = .725 → [B, A];
+        // groups in the order of their first image: A (0), other (1), B (2).
         let groups = categorize(&sims, 3, &cfg);
         assert_eq!(
             groups,
             vec![
-                Group {
-                    tag: Some(B),
-                    images: vec![2]
-                },
                 Group {
                     tag: Some(A),
                     images: vec![0]
@@ -251,6 +243,10 @@ mod tests {
                 Group {
                     tag: None,
                     images: vec![1]
+                },
+                Group {
+                    tag: Some(B),
+                    images: vec![2]
                 },
             ]
         );

@@ -45,7 +45,11 @@ pub fn dbscan(
     labels
 }
 
-/// Groups of indices per cluster (cluster order, members in input order); noise dropped.
+/// Groups of indices per cluster, members in input order, noise dropped.
+///
+/// Groups come in the order of their first member (the original groups labels
+/// in a dict filled in input order), which differs from label order when a
+/// border point precedes its cluster's first core point.
 pub fn clusters(labels: &[Option<usize>]) -> Vec<Vec<usize>> {
     let count = labels.iter().flatten().max().map_or(0, |m| m + 1);
     let mut groups = vec![Vec::new(); count];
@@ -54,6 +58,7 @@ pub fn clusters(labels: &[Option<usize>]) -> Vec<Vec<usize>> {
             groups[*c].push(i);
         }
     }
+    groups.sort_by_key(|g| g.first().copied());
     groups
 }
 

@@ -1,5 +1,5 @@
 //! Album analysis from cached feature records: duplicates, quality, categories
-//! and highlight scores (SPEC §3). Nothing here touches pixels.
+//! and highlight scores. Nothing here touches pixels.
 
 pub mod categories;
 pub mod dbscan;
@@ -122,6 +122,23 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Duplicate groups as indices: DBSCAN over pHash Hamming distance ≤ `eps`
+/// (or, when `clip_cosine` is set, normalised-embedding cosine ≥ it, with
+/// `embeddings` then holding one normalised embedding per photo).
+pub fn duplicate_groups(
+    phashes: &[u64],
+    embeddings: &[Vec<f32>],
+    cfg: &DuplicatesConfig,
+) -> Vec<Vec<usize>> {
+    let labels = dbscan::dbscan(phashes.len(), cfg.min_samples, |i, j| {
+        hamming(phashes[i], phashes[j]) <= cfg.eps
+            || cfg
+                .clip_cosine
+                .is_some_and(|t| dot(&embeddings[i], &embeddings[j]) >= t)
+    });
+    dbscan::clusters(&labels)
+}
+
 impl Analyzer {
     /// Prepares the analyzer: prompt embeddings come from the store when
     /// cached for this model, else from the text tower (then cached), so they
@@ -206,6 +223,7 @@ impl Analyzer {
     /// Groups of near-identical photos (singletons omitted), in input order.
     pub fn duplicates(&self, records: &[(String, FeatureRecord)]) -> Vec<Vec<String>> {
         let cfg = &self.config.duplicates;
+        let phashes: Vec<u64> = records.iter().map(|(_, r)| r.phash).collect();
         let embeddings: Vec<Vec<f32>> = match cfg.clip_cosine {
             Some(_) => records
                 .iter()
@@ -213,13 +231,7 @@ impl Analyzer {
                 .collect(),
             None => Vec::new(),
         };
-        let labels = dbscan::dbscan(records.len(), cfg.min_samples, |i, j| {
-            hamming(records[i].1.phash, records[j].1.phash) <= cfg.eps
-                || cfg
-                    .clip_cosine
-                    .is_some_and(|t| dot(&embeddings[i], &embeddings[j]) >= t)
-        });
-        dbscan::clusters(&labels)
+        duplicate_groups(&phashes, &embeddings, cfg)
             .into_iter()
             .map(|g| g.into_iter().map(|i| records[i].0.clone()).collect())
             .collect()

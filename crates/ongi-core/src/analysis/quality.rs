@@ -1,4 +1,4 @@
-//! Low-quality photos: the Laplacian blur test and the CLIP-IQA dual threshold (SPEC §3).
+//! Low-quality photos: the Laplacian blur test and the CLIP-IQA dual threshold.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,16 +10,18 @@ pub const IQA_PROMPTS: [(&str, &str); 4] = [
     ("a high contrast photo", "a low contrast photo"),
 ];
 
-/// Quality thresholds; defaults are the original's ViT-B/32 values.
+/// Quality thresholds; defaults are the original's ViT-B/32 values. Kept in f64
+/// and compared in f64, as the original's Python floats are, so a score on the
+/// threshold decides the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QualityConfig {
     /// A Laplacian variance below this is blurry.
-    pub laplacian_threshold: f32,
+    pub laplacian_threshold: f64,
     /// The sharp score must reach this.
-    pub sharp_threshold: f32,
+    pub sharp_threshold: f64,
     /// `0.75·sharp + 0.25·good` must reach this.
-    pub combined_threshold: f32,
+    pub combined_threshold: f64,
 }
 
 impl Default for QualityConfig {
@@ -86,13 +88,13 @@ pub fn iqa_scores(cosines: &[f32; 8]) -> IqaScores {
 
 /// The CLIP-IQA dual threshold: pass iff `sharp ≥ t1` and `0.75·sharp + 0.25·good ≥ t2`.
 pub fn iqa_passes(scores: &IqaScores, cfg: &QualityConfig) -> bool {
-    scores.sharp >= cfg.sharp_threshold
-        && 0.75 * scores.sharp + 0.25 * scores.good >= cfg.combined_threshold
+    let (sharp, good) = (f64::from(scores.sharp), f64::from(scores.good));
+    sharp >= cfg.sharp_threshold && (1.0 - 0.25) * sharp + 0.25 * good >= cfg.combined_threshold
 }
 
 /// The Laplacian test: pass iff the variance is at least the threshold.
 pub fn laplacian_passes(variance: f32, cfg: &QualityConfig) -> bool {
-    variance >= cfg.laplacian_threshold
+    f64::from(variance) >= cfg.laplacian_threshold
 }
 
 /// A photo is low quality when either test fails.
@@ -116,8 +118,13 @@ mod tests {
     #[test]
     fn dual_threshold_edges() {
         let cfg = QualityConfig::default();
-        // sharp exactly at 0.488 passes the first test (combined 0.516 passes too)
+        // sharp at 0.488 passes the first test (combined 0.516 passes too): the
+        // f32 score 0.488 is 0.48800000548 in f64, at least the f64 threshold
         assert!(iqa_passes(&scores(0.6, 0.488), &cfg));
+        // the next f32 below it is under the threshold in f64, as in the
+        // original (f32 scores compared with Python floats)
+        let below = f32::from_bits(0.488f32.to_bits() - 1);
+        assert!(!iqa_passes(&scores(0.6, below), &cfg));
         // just below the sharp threshold fails even with a high good score
         assert!(!iqa_passes(&scores(0.99, 0.4879), &cfg));
         // sharp passes but the combination falls short: 0.75*0.489 + 0.25*0.48 = 0.48675

@@ -11,7 +11,6 @@ use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Li
 
 use super::jpeg::decode_jpeg;
 use super::{PreprocessConfig, PreprocessError};
-use crate::features::LAPLACIAN_LONG_SIDE;
 
 /// Formats this build decodes (JPEG here, PNG and WebP through `image`'s features).
 const SUPPORTED: &[ImageFormat] = &[ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP];
@@ -32,11 +31,11 @@ pub enum DecodeMode {
     Exact,
     /// JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale
     /// in the DCT domain (libjpeg's `scale_num / scale_denom`), keeping a shorter
-    /// side of at least [`FAST_SAFETY_FACTOR`] × the resize target and a longer side
-    /// of at least [`FAST_FEATURES_MIN_LONG_SIDE`] (for the pixel features). About
-    /// 3× cheaper on 12-MP photos; the tensors differ slightly from the exact ones
-    /// (see [`FAST_SAFETY_FACTOR`]), pHash and blur variance barely (see
-    /// [`FAST_FEATURES_MIN_LONG_SIDE`]). Other formats decode as in `Exact`.
+    /// side of at least [`FAST_SAFETY_FACTOR`] × the resize target. About 3× cheaper
+    /// on 12-MP photos; the tensors differ slightly from the exact ones (see
+    /// [`FAST_SAFETY_FACTOR`]). The pixel features (pHash, blur) do not depend on
+    /// the mode: they come from a full-size greyscale decode. Other formats decode
+    /// as in `Exact`.
     #[default]
     Fast,
 }
@@ -59,7 +58,9 @@ impl DecodeMode {
             Self::Fast if !cfg.do_resize => None,
             Self::Fast => Some(MinDecodeSize {
                 shortest_edge: (f64::from(cfg.shortest_edge) * FAST_SAFETY_FACTOR).ceil() as u32,
-                longest_edge: FAST_FEATURES_MIN_LONG_SIDE,
+                // The pixel features come from a separate full-size grey decode,
+                // so only the model's input bounds the reduction.
+                longest_edge: 0,
             }),
         }
     }
@@ -103,28 +104,8 @@ impl std::fmt::Display for DecodeMode {
 /// (All 16 photos are reduced at every factor.) Only 2.0 keeps the worst photo,
 /// a high-contrast abstract one, under the 0.02 budget of issue #5, at 70 % of
 /// it; the natural photos stay at 0.001–0.01. A 12-MP 4000×3000 photo decodes at
-/// 1/4 (1000×750), which [`FAST_FEATURES_MIN_LONG_SIDE`] also allows.
+/// 1/4 (1000×750).
 pub const FAST_SAFETY_FACTOR: f64 = 2.0;
-
-/// Longest side a reduced decode keeps in [`DecodeMode::Fast`], so that the pixel
-/// features (pHash, and above all the Laplacian variance of the blur test, which
-/// runs on a copy with a 300 px long side) match the exact decode's.
-///
-/// The DCT-domain reduction low-passes the photo before the blur test's
-/// `INTER_AREA` resize, and the variance of a 3×3 Laplacian lives in the highest
-/// frequencies: it drops by roughly 50–130 % × (300 / reduced long side)². On the
-/// mate-backgrounds photos (`tests/fast_features_parity.rs`), worst drop by reduced
-/// long side: 320 px −71 %, 640 px −34 %, 960 px −9 %, 1280 px −5.4 % (Wood),
-/// 1410 px −5.9 % (Elephants 5640 at 1/4), ≥ 1920 px −2.8 %; pHash moves ≤ 2 bits
-/// everywhere.
-///
-/// 1000 px (10/3 × the blur test's 300) keeps all 16 photos within −5.9 % and
-/// ≤ 2 bits while a 12-MP 4000×3000 photo still decodes at 1/4 (1000 px): at
-/// 1500 px (within ±5 %) it had to decode at 1/2, which halved the fast path's
-/// speed (39 → 20 img/s, only ~5× the Python reference; bench/NOTES.md 8b). A
-/// photo whose reduced long side lands just above 1000 px may drift a little
-/// more than measured here: the 960 px column reached −3 % to −9 %.
-pub const FAST_FEATURES_MIN_LONG_SIDE: u32 = (10 * LAPLACIAN_LONG_SIDE / 3) as u32;
 
 /// The least a reduced JPEG decode must keep (see [`scale_denom_for`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -409,12 +390,12 @@ mod tests {
                 .map(|m| (m.shortest_edge, m.longest_edge))
         };
         assert_eq!(edges(DecodeMode::Exact, &cfg), None);
-        assert_eq!(edges(DecodeMode::Fast, &cfg), Some((448, 1000)));
+        assert_eq!(edges(DecodeMode::Fast, &cfg), Some((448, 0)));
         let cfg64 = PreprocessConfig {
             shortest_edge: 64,
             ..cfg.clone()
         };
-        assert_eq!(edges(DecodeMode::Fast, &cfg64), Some((128, 1000)));
+        assert_eq!(edges(DecodeMode::Fast, &cfg64), Some((128, 0)));
         let native = PreprocessConfig {
             do_resize: false,
             ..cfg

@@ -21,7 +21,7 @@ use std::ffi::{c_char, c_int};
 use std::panic::{self, AssertUnwindSafe};
 
 use image::metadata::Orientation;
-use image::{DynamicImage, RgbImage};
+use image::{DynamicImage, GrayImage, RgbImage};
 use mozjpeg::{ColorSpace, DctMethod, Decompress, Marker};
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr};
 
@@ -81,12 +81,26 @@ pub(super) fn decode_jpeg(
     max_pixels: u64,
     min_size: Option<MinDecodeSize>,
 ) -> Result<DecodedImage, PreprocessError> {
+    guarded(|| decode_unwinding(bytes, max_pixels, min_size))
+}
+
+/// The photo as OpenCV's `imdecode(bytes, IMREAD_GRAYSCALE)` returns it: libjpeg's
+/// own greyscale output at full size (the luma plane, `JDCT_ISLOW`; no chroma is
+/// decoded), turned upright by the EXIF orientation only (OpenCV reads no XMP).
+/// The pixel features are defined on exactly these pixels.
+pub(super) fn decode_jpeg_grey(
+    bytes: &[u8],
+    max_pixels: u64,
+) -> Result<GrayImage, PreprocessError> {
+    guarded(|| decode_grey_unwinding(bytes, max_pixels))
+}
+
+/// Runs a libjpeg decode, turning its unwinding error exits into errors.
+fn guarded<T>(decode: impl FnOnce() -> Result<T, JpegError>) -> Result<T, PreprocessError> {
     // Everything libjpeg touched is dropped inside the closure (its `Drop` calls
     // `jpeg_destroy_decompress`, valid after an error exit), so nothing observes
     // half-updated state afterwards and asserting unwind safety is sound.
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        decode_unwinding(bytes, max_pixels, min_size)
-    }));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(decode));
     let result = outcome.unwrap_or_else(|payload| {
         Err(match payload.downcast::<LibjpegFailure>() {
             Ok(failure) => JpegError::Libjpeg(failure.0),
@@ -105,19 +119,14 @@ pub(super) fn decode_jpeg(
     })
 }
 
-/// The decode proper; libjpeg errors leave it by unwinding.
-fn decode_unwinding(
-    bytes: &[u8],
-    max_pixels: u64,
-    min_size: Option<MinDecodeSize>,
-) -> Result<DecodedImage, JpegError> {
+/// Opens a JPEG for decoding and checks its header size against `max_pixels`.
+fn open_checked(bytes: &[u8], max_pixels: u64) -> Result<Decompress<&[u8]>, JpegError> {
     // Only APP1 is needed (EXIF and XMP); saving nothing else keeps memory bounded.
-    let mut dec = Decompress::builder()
+    let dec = Decompress::builder()
         .with_err(error_mgr())
         .with_markers(&[Marker::APP(1)])
         .from_mem(bytes)?;
-
-    // The bomb check uses the full header size, whatever scale is decoded below.
+    // The bomb check uses the full header size, whatever scale is decoded.
     let (width, height) = dec.size();
     let pixels = (width as u64).saturating_mul(height as u64);
     if pixels > max_pixels {
@@ -128,6 +137,61 @@ fn decode_unwinding(
             max_pixels,
         });
     }
+    Ok(dec)
+}
+
+/// The greyscale decode proper; libjpeg errors leave it by unwinding.
+fn decode_grey_unwinding(bytes: &[u8], max_pixels: u64) -> Result<GrayImage, JpegError> {
+    let mut dec = open_checked(bytes, max_pixels)?;
+    let components = dec.components().len();
+    let orientation = exif_orientation(&dec);
+    dec.dct_method(DctMethod::IntegerSlow);
+    dec.do_block_smoothing(true);
+    let grey = match components {
+        1 | 3 => {
+            let mut started = dec.grayscale()?;
+            let data: Vec<u8> = started.read_scanlines()?;
+            let (w, h) = (started.width(), started.height());
+            started.finish()?;
+            gray_image(w, h, data)?
+        }
+        4 => {
+            // CMYK: through the same RGB as the colour decode, then OpenCV's weights.
+            let mut started = dec.to_colorspace(ColorSpace::JCS_CMYK)?;
+            let mut data: Vec<u8> = started.read_scanlines()?;
+            let (w, h) = (started.width(), started.height());
+            started.finish()?;
+            inverted_cmyk_to_rgb_in_place(&mut data);
+            let rgb = RgbImage::from_raw(to_u32(w)?, to_u32(h)?, data).ok_or_else(short_output)?;
+            super::grey::bt601_fixed15(&rgb)
+        }
+        n => return Err(JpegError::Components(n)),
+    };
+    let mut img = DynamicImage::ImageLuma8(grey);
+    img.apply_orientation(orientation);
+    Ok(img.into_luma8())
+}
+
+fn to_u32(v: usize) -> Result<u32, JpegError> {
+    u32::try_from(v).map_err(|_| JpegError::Libjpeg("size overflows u32".into()))
+}
+
+fn short_output() -> JpegError {
+    JpegError::Libjpeg("libjpeg returned fewer pixels than declared".into())
+}
+
+fn gray_image(w: usize, h: usize, data: Vec<u8>) -> Result<GrayImage, JpegError> {
+    GrayImage::from_raw(to_u32(w)?, to_u32(h)?, data).ok_or_else(short_output)
+}
+
+/// The decode proper; libjpeg errors leave it by unwinding.
+fn decode_unwinding(
+    bytes: &[u8],
+    max_pixels: u64,
+    min_size: Option<MinDecodeSize>,
+) -> Result<DecodedImage, JpegError> {
+    let mut dec = open_checked(bytes, max_pixels)?;
+    let (width, height) = dec.size();
     // Pillow's modes by component count: 1 → L, 3 → RGB, 4 → CMYK, else refused.
     let components = dec.components().len();
     let cmyk = match components {
@@ -324,6 +388,16 @@ fn orientation<R>(dec: &Decompress<R>) -> Orientation {
             xmp.and_then(xmp_orientation)
                 .and_then(Orientation::from_exif)
         })
+        .unwrap_or(Orientation::NoTransforms)
+}
+
+/// The orientation OpenCV's `imdecode` applies: the first `Exif` APP1 segment's
+/// tag only (no XMP fallback); unreadable means none.
+fn exif_orientation<R>(dec: &Decompress<R>) -> Orientation {
+    dec.markers()
+        .filter(|m| m.marker == Marker::APP(1))
+        .find_map(|m| m.data.strip_prefix(EXIF_PREFIX))
+        .and_then(Orientation::from_exif_chunk)
         .unwrap_or(Orientation::NoTransforms)
 }
 
