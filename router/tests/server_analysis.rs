@@ -26,8 +26,10 @@ fn save_jpeg(img: &image::DynamicImage, path: &Path, quality: u8) {
     enc.encode_image(&img.to_rgb8()).unwrap();
 }
 
-/// The album: the originals, three near-copies of the dune photo
-/// (re-encoded, resized, slightly cropped) and heavily blurred copies of three originals.
+/// The album: the originals, near-copies of the dune photo (re-encoded,
+/// resized: duplicates; cropped by 2.5 % a side: 12 bits away under the
+/// original's OpenCV hash, so not a duplicate there or here) and heavily
+/// blurred copies of three originals.
 fn album() -> (tempfile::TempDir, Vec<String>, Vec<String>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     for name in ORIGINALS {
@@ -47,7 +49,6 @@ fn album() -> (tempfile::TempDir, Vec<String>, Vec<String>, Vec<String>) {
         "landscape_dune.jpg".to_string(),
         "dune_reencoded.jpg".into(),
         "dune_resized.jpg".into(),
-        "dune_cropped.png".into(),
     ];
     let mut blurred = Vec::new();
     for name in &ORIGINALS[1..4] {
@@ -60,6 +61,7 @@ fn album() -> (tempfile::TempDir, Vec<String>, Vec<String>, Vec<String>) {
         .iter()
         .map(|s| s.to_string())
         .chain(copies[1..].iter().cloned())
+        .chain(["dune_cropped.png".to_string()])
         .chain(blurred.iter().cloned())
         .collect();
     (dir, all, copies, blurred)

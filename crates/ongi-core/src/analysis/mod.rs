@@ -43,7 +43,7 @@ impl Default for DuplicatesConfig {
     }
 }
 
-/// Every analysis constant, loadable from a JSON file; absent fields keep the SPEC's values.
+/// Every analysis constant, loadable from a JSON file; absent fields keep the original's values.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnalysisConfig {

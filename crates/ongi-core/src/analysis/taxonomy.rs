@@ -1,4 +1,4 @@
-//! The tag taxonomy of the categories route (SPEC §3): data, not code.
+//! The tag taxonomy of the categories route: data, not code.
 //!
 //! Each photo is scored against every tag's English prompts (CLIP zero-shot,
 //! mean cosine over the tag's prompts) and the resulting groups are named by
