@@ -13,7 +13,7 @@ libraries: opencv-contrib-python, scikit-learn, numpy), on
 
 Writes tests/fixtures/original/{pixels.json,album.json,edited/*.jpg}.
 
-    python3 -m pip install opencv-contrib-python-headless scikit-learn numpy
+    python3 -m pip install -r scripts/requirements-original.txt
     python3 scripts/make_original_reference.py [--mate DIR]
 """
 
@@ -120,13 +120,32 @@ def normalize(v):
     return v / np.linalg.norm(v, axis=-1, keepdims=True).astype(np.float32)
 
 
-def categorize(sims, tags, threshold=0.0, k=10, tau=0.28, lam=0.5, top=5, other="기타"):
-    """category.py's categorize_images on a precomputed [N, T] similarity matrix."""
+def categorize(sims, tags, threshold=0.0, k=10, tau=0.28, lam=0.5, top=5, other="기타",
+               boosts=None, parents=None, concepts=()):
+    """category.py's categorize_images on a precomputed [N, T] similarity matrix,
+    with its optional tag boosts and parent refinement (both off in its pipeline)."""
     n_img, n_tag = sims.shape
+    sims = sims.copy()
+    for t, tag in enumerate(tags):  # apply_tag_boosts
+        if boosts and tag in boosts:
+            mask = sims[:, t] <= threshold
+            sims[mask, t] = sims[mask, t] * np.float32(boosts[tag])
     topk = []
     for i in range(n_img):
         order = sorted(range(n_tag), key=lambda t: -float(sims[i, t]))[:k]
         topk.append([(tags[t], float(sims[i, t])) for t in order if float(sims[i, t]) >= threshold])
+    if parents:  # refine_categories_by_parent
+        refined = []
+        for info in topk:
+            d = dict(info)
+            for tag, score in info:
+                del d[tag]
+                for parent in parents.get(tag, []):
+                    if parent in concepts:
+                        d[tag] = score
+                    d[parent] = max(d.get(parent, 0), score - 0.001)
+            refined.append([(t, float(s)) for t, s in d.items()])
+        topk = refined
 
     def rep_scores(infos):
         s = np.zeros(n_tag, np.float32)
@@ -182,6 +201,16 @@ def album(seed=8, n=60, d=64, n_tags=30, prompts=4):
     # category.py: einsum over prompts, then the mean over them.
     sims = f32(np.einsum("nd,tpd->ntp", img, tag_prompts).mean(axis=-1))
     cats = categorize(sims, tags)
+    # The same album with the functions' own 0.21 threshold, boosts and parents.
+    options = {
+        "min_similarity": 0.21,
+        "tag_boosts": {"tag07": 1.3, "tag10": 1.5},
+        "parents": {"tag06": ["tag00"], "tag07": ["tag01", "tag02"], "tag08": ["tag03"],
+                    "tag12": ["tag04"], "tag13": ["tag05", "tag09"]},
+        "concepts": ["tag02", "tag09"],
+    }
+    cats_options = categorize(sims, tags, threshold=options["min_similarity"], boosts=options["tag_boosts"],
+                              parents=options["parents"], concepts=options["concepts"])
     # quality.py: softmax of the raw cosines of each pair, sharp (a) and good (b).
     fields = ["good", "sharp"]
     pair_dirs = normalize(rng.normal(size=(2, 2, d)))
@@ -206,6 +235,8 @@ def album(seed=8, n=60, d=64, n_tags=30, prompts=4):
         "tag_prompts": tag_prompts.tolist(),
         "sims": sims.tolist(),
         "categories": cats,
+        "category_options": options,
+        "categories_with_options": cats_options,
         "quality_fields": fields,
         "quality_text": quality_text.tolist(),
         "quality_scores": {k: v.tolist() for k, v in sharp_good.items()},
@@ -219,7 +250,7 @@ def album(seed=8, n=60, d=64, n_tags=30, prompts=4):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mate", default="/usr/share/backgrounds/mate")
-    ap.add_argument("--mate-count", type=int, default=8)
+    ap.add_argument("--mate-count", type=int, default=16)
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     make_edited()

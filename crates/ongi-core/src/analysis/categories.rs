@@ -1,23 +1,40 @@
 //! Themed categories: the original's representative-tag algorithm, step for step.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-/// Constants of the categories algorithm; defaults are the original's.
+/// Constants of the categories algorithm; defaults are the original's pipeline.
+///
+/// Scores are f64 between the steps and compared with f64 constants, as the
+/// original's Python floats are; the representativeness sums are f32, as its
+/// tensors are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CategoriesConfig {
     /// Tags kept per image (step 1).
     pub top_k: usize,
-    /// Tags below this similarity are not kept for an image (step 1).
-    pub min_similarity: f32,
+    /// A tag counts for an image only at this similarity or above (steps 1, 3
+    /// and 4). The original's functions default to 0.21, but its pipeline
+    /// calls them with 0.
+    pub min_similarity: f64,
     /// Scores above τ count extra towards representativeness (step 2).
-    pub tau: f32,
+    pub tau: f64,
     /// Weight of the scores above τ (step 2).
     pub bonus: f32,
     /// Representative tags kept for the album (step 2).
     pub representative_tags: usize,
     /// Name of the group of images no representative tag fits.
     pub other_name: String,
+    /// Per-tag factors (by tag name) applied to similarities at or below
+    /// `min_similarity` before step 1. Empty, as in the original's pipeline.
+    pub tag_boosts: BTreeMap<String, f32>,
+    /// Parent tags (by name) of a tag. When set, each image's top tags are
+    /// refined after step 1: a tag gives way to its parents (each scored the
+    /// best of its current score, 0 and the tag's score − 0.001) and stays only
+    /// when a parent is a requested concept. Parents must be among the
+    /// request's tags; others are skipped. Empty, as in the original's pipeline.
+    pub parents: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for CategoriesConfig {
@@ -29,6 +46,8 @@ impl Default for CategoriesConfig {
             bonus: 0.5,
             representative_tags: 5,
             other_name: "기타".into(),
+            tag_boosts: BTreeMap::new(),
+            parents: BTreeMap::new(),
         }
     }
 }
@@ -38,28 +57,71 @@ impl Default for CategoriesConfig {
 pub struct Group {
     /// The tag, or `None` for the other group.
     pub tag: Option<usize>,
-    /// Images in input order.
+    /// Images in arrival order (see [`categorize`]).
     pub images: Vec<usize>,
 }
 
-/// Step 1: an image's top tags, best first (ties keep tag order), with their scores.
-fn top_tags(sims: &[f32], cfg: &CategoriesConfig) -> Vec<(usize, f32)> {
-    let mut tags: Vec<(usize, f32)> = sims
+/// An image's tags with their scores, best first.
+type TopTags = Vec<(usize, f64)>;
+
+/// Step 1: an image's top tags at or above the threshold, best first (ties keep tag order).
+fn top_tags(sims: &[f32], cfg: &CategoriesConfig) -> TopTags {
+    let mut tags: TopTags = sims
         .iter()
-        .copied()
+        .map(|&s| f64::from(s))
         .enumerate()
-        .filter(|(_, s)| *s >= cfg.min_similarity)
+        .filter(|&(_, s)| s >= cfg.min_similarity)
         .collect();
     tags.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     tags.truncate(cfg.top_k);
     tags
 }
 
-/// Step 2: representativeness of every tag over `images`: the sum of its scores
-/// in the images' top tags plus `bonus` × the sum of those above τ, each sum
-/// accumulated in f32 and combined at the end, as the original computes it.
+/// The optional boosts: similarities at or below the threshold times the tag's factor.
+fn boosted(sims: &[f32], boosts: &[Option<f32>], cfg: &CategoriesConfig) -> Vec<f32> {
+    sims.iter()
+        .zip(boosts)
+        .map(|(&s, b)| match b {
+            Some(f) if f64::from(s) <= cfg.min_similarity => s * f,
+            _ => s,
+        })
+        .collect()
+}
+
+/// The optional parent refinement of one image's top tags, in the order the
+/// original's dict keeps them: each tag is removed, then each of its parents
+/// is (re)scored at the end of the list unless already present; the tag comes
+/// back at the end when a parent is a requested concept.
+fn refined(top: &TopTags, parents: &[Vec<usize>], concept_tag: &[bool]) -> TopTags {
+    let mut out: TopTags = top.clone();
+    for &(tag, score) in top {
+        out.retain(|&(t, _)| t != tag);
+        for &parent in &parents[tag] {
+            if concept_tag[parent] {
+                set_or_append(&mut out, tag, score);
+            }
+            let current = out
+                .iter()
+                .find(|&&(t, _)| t == parent)
+                .map_or(0.0, |&(_, s)| s);
+            set_or_append(&mut out, parent, current.max(score - 0.001));
+        }
+    }
+    out
+}
+
+/// A dict assignment: replaces the value in place, or appends the key.
+fn set_or_append(tags: &mut TopTags, tag: usize, score: f64) {
+    match tags.iter_mut().find(|(t, _)| *t == tag) {
+        Some(entry) => entry.1 = score,
+        None => tags.push((tag, score)),
+    }
+}
+
+/// Step 2: representativeness of every tag over `images`: the f32 sum of its
+/// scores in the images' top tags plus `bonus` × the f32 sum of those above τ.
 fn representativeness(
-    top: &[Vec<(usize, f32)>],
+    top: &[TopTags],
     images: &[usize],
     n_tags: usize,
     cfg: &CategoriesConfig,
@@ -68,9 +130,9 @@ fn representativeness(
     let mut above = vec![0.0f32; n_tags];
     for &i in images {
         for &(t, s) in &top[i] {
-            sum[t] += s;
+            sum[t] += s as f32;
             if s > cfg.tau {
-                above[t] += s;
+                above[t] += s as f32;
             }
         }
     }
@@ -111,24 +173,61 @@ impl OrderedGroups {
 /// Splits images into themed groups from their tag similarities, step for step
 /// as the original's `categorize_images`.
 ///
-/// `sims[i][t]` is the similarity of image `i` to tag `t` (mean cosine over
-/// the tag's prompts). Every image ends up in exactly one group.
+/// `sims[i][t]` is the similarity of image `i` to `tags[t]` (mean cosine over
+/// the tag's prompts); `concepts` are the requested concepts' names (used by
+/// the parent refinement only). Every image ends up in exactly one group.
 ///
-/// 1. per image, its `top_k` tags with similarity ≥ `min_similarity`, best first;
+/// 0. optional boosts ([`CategoriesConfig::tag_boosts`]);
+/// 1. per image, its `top_k` tags with similarity ≥ `min_similarity`, best
+///    first, then the optional parent refinement ([`CategoriesConfig::parents`]);
 /// 2. the album's `representative_tags` best tags by [`representativeness`];
-/// 3. each image joins the first of its top tags that is representative, else
-///    the other group;
+/// 3. each image joins the first of its top tags that is representative and
+///    scores ≥ `min_similarity`, else the other group;
 /// 4. per group (other excepted), the best tag over its images is found again;
 ///    where it differs from the group's tag, each image moves to it if it is
-///    among the image's top tags, else to the other group.
+///    among the image's top tags with a score ≥ `min_similarity`, else to the
+///    other group.
 ///
 /// Groups come in the order their first image arrived in step 4 (the order of
 /// the original's dictionaries): step 3's groups in the order of their first
 /// image, each image appended as it is moved. Images keep that arrival order,
 /// so a group can list a later image before an earlier one, as the original does.
-pub fn categorize(sims: &[Vec<f32>], n_tags: usize, cfg: &CategoriesConfig) -> Vec<Group> {
+pub fn categorize(
+    sims: &[Vec<f32>],
+    tags: &[String],
+    concepts: &[String],
+    cfg: &CategoriesConfig,
+) -> Vec<Group> {
+    let n_tags = tags.len();
+    let index = |name: &str| tags.iter().position(|t| t == name);
+    let boosts: Vec<Option<f32>> = tags
+        .iter()
+        .map(|t| cfg.tag_boosts.get(t).copied())
+        .collect();
+    let parents: Vec<Vec<usize>> = tags
+        .iter()
+        .map(|t| {
+            cfg.parents
+                .get(t)
+                .map(|ps| ps.iter().filter_map(|p| index(p)).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    let concept_tag: Vec<bool> = tags.iter().map(|t| concepts.contains(t)).collect();
+
     let all: Vec<usize> = (0..sims.len()).collect();
-    let top: Vec<Vec<(usize, f32)>> = sims.iter().map(|s| top_tags(s, cfg)).collect();
+    let top: Vec<TopTags> = sims
+        .iter()
+        .map(|s| {
+            let t = top_tags(&boosted(s, &boosts, cfg), cfg);
+            if cfg.parents.is_empty() {
+                t
+            } else {
+                refined(&t, &parents, &concept_tag)
+            }
+        })
+        .collect();
+    let counts = |&(_, s): &(usize, f64)| s >= cfg.min_similarity;
     let mut representative = ranked(&representativeness(&top, &all, n_tags, cfg));
     representative.truncate(cfg.representative_tags);
 
@@ -136,6 +235,7 @@ pub fn categorize(sims: &[Vec<f32>], n_tags: usize, cfg: &CategoriesConfig) -> V
     for (i, tags) in top.iter().enumerate() {
         let tag = tags
             .iter()
+            .filter(|e| counts(e))
             .map(|&(t, _)| t)
             .find(|t| representative.contains(t));
         first.push(tag, i);
@@ -154,7 +254,10 @@ pub fn categorize(sims: &[Vec<f32>], n_tags: usize, cfg: &CategoriesConfig) -> V
             continue;
         }
         for &i in &group.images {
-            let moved = top[i].iter().any(|&(t, _)| t == best).then_some(best);
+            let moved = top[i]
+                .iter()
+                .any(|e| e.0 == best && counts(e))
+                .then_some(best);
             last.push(moved, i);
         }
     }
@@ -168,6 +271,10 @@ mod tests {
     const A: usize = 0;
     const B: usize = 1;
     const C: usize = 2;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|t| format!("t{t}")).collect()
+    }
 
     fn cfg() -> CategoriesConfig {
         CategoriesConfig {
@@ -197,7 +304,7 @@ mod tests {
             vec![0.27, 0.0, 0.26],
             vec![0.15, 0.10, 0.0],
         ];
-        let groups = categorize(&sims, 3, &cfg());
+        let groups = categorize(&sims, &names(3), &[], &cfg());
         assert_eq!(
             groups,
             vec![
@@ -232,7 +339,7 @@ mod tests {
         ];
         // R: A = .30 + .15 + .12 = .57, B = .20 + .35 + .175 = .725 → [B, A];
         // groups in the order of their first image: A (0), other (1), B (2).
-        let groups = categorize(&sims, 3, &cfg);
+        let groups = categorize(&sims, &names(3), &[], &cfg);
         assert_eq!(
             groups,
             vec![
@@ -254,7 +361,7 @@ mod tests {
 
     #[test]
     fn every_image_exactly_once_and_empty_album() {
-        assert!(categorize(&[], 3, &CategoriesConfig::default()).is_empty());
+        assert!(categorize(&[], &names(3), &[], &CategoriesConfig::default()).is_empty());
         let sims: Vec<Vec<f32>> = (0..20)
             .map(|i| {
                 (0..7)
@@ -262,7 +369,7 @@ mod tests {
                     .collect()
             })
             .collect();
-        let groups = categorize(&sims, 7, &CategoriesConfig::default());
+        let groups = categorize(&sims, &names(7), &[], &CategoriesConfig::default());
         let mut seen: Vec<usize> = groups.iter().flat_map(|g| g.images.clone()).collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..20).collect::<Vec<_>>());

@@ -289,7 +289,8 @@ impl Analyzer {
             })
             .collect();
         let cfg = &self.config.categories;
-        Ok(categories::categorize(&sims, tags.len(), cfg)
+        let names: Vec<String> = tags.iter().map(|t| t.name.clone()).collect();
+        Ok(categories::categorize(&sims, &names, concepts, cfg)
             .into_iter()
             .map(|g| {
                 let name = g
