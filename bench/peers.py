@@ -165,26 +165,35 @@ def cmd_preprocess(args) -> None:
             rgb = ImageOps.exif_transpose(im).convert("RGB")
         return proc(images=rgb, return_tensors="np")["pixel_values"]
 
-    for i in range(args.warmup):
+    r = timed_per_file(one, files, args.images, args.warmup)
+    r = {
+        "mode": "preprocess",
+        "engine": f"PIL {Image.__version__} + transformers {transformers.__version__} {Proc.__name__}",
+        **r,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    print(json.dumps(r), flush=True)
+
+
+def timed_per_file(one, files, images: int, warmup: int) -> dict:
+    """Runs `one` over `files` (cycling) `warmup` times untimed, then
+    max(images, len(files)) times timed; wall and CPU figures."""
+    for i in range(warmup):
         one(files[i % len(files)])
-    n = max(args.images, len(files))
+    n = max(images, len(files))
     c0 = time.process_time()
     t0 = time.perf_counter()
     for i in range(n):
         one(files[i % len(files)])
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    r = {
-        "mode": "preprocess",
-        "engine": f"PIL {Image.__version__} + transformers {transformers.__version__} {Proc.__name__}",
+    return {
         "files": len(files),
         "images": n,
         "images_per_sec": n / wall,
         "ms_per_image": 1000.0 * wall / n,
         "cpu_avg_pct": 100.0 * cpu / wall,
-        "peak_rss_mb": peak_rss_mb(),
     }
-    print(json.dumps(r), flush=True)
 
 
 def cmd_pixels(args) -> None:
@@ -206,23 +215,10 @@ def cmd_pixels(args) -> None:
         small = cv2.resize(grey, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_AREA)
         return cv2.Laplacian(small, cv2.CV_64F).var()
 
-    for i in range(args.warmup):
-        one(files[i % len(files)])
-    n = max(args.images, len(files))
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    for i in range(n):
-        one(files[i % len(files)])
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - c0
     print(json.dumps({
         "mode": "pixels",
         "engine": f"OpenCV {cv2.__version__} imdecode(GRAYSCALE) + img_hash PHash + INTER_AREA + Laplacian",
-        "files": len(files),
-        "images": n,
-        "images_per_sec": n / wall,
-        "ms_per_image": 1000.0 * wall / n,
-        "cpu_avg_pct": 100.0 * cpu / wall,
+        **timed_per_file(one, files, args.images, args.warmup),
     }), flush=True)
 
 
