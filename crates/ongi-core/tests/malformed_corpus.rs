@@ -9,7 +9,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
-use ongi_core::preprocess::{decode_image, preprocess, PreprocessConfig};
+use ongi_core::preprocess::{
+    decode_grey, decode_image, preprocess, PreprocessConfig, DEFAULT_MAX_PIXELS,
+};
 use serde_json::Value;
 
 /// Peak resident set size of this process allowed over the whole corpus.
@@ -63,6 +65,27 @@ fn every_malformed_file_yields_its_expected_outcome() {
                 (img, tensor)
             })
         }));
+        // The pixel features' greyscale decode of the same bytes must not panic
+        // and must accept whatever the colour decode accepts.
+        let grey = catch_unwind(AssertUnwindSafe(|| {
+            decode_grey(&bytes, DEFAULT_MAX_PIXELS, None)
+        }));
+        match (&result, &grey) {
+            (_, Err(_)) => problems.push(format!("{name}: greyscale decode PANICKED")),
+            (Ok(Ok((img, _))), Ok(Err(e))) => problems.push(format!(
+                "{name}: greyscale decode failed ({e}), colour decoded {}x{}",
+                img.width(),
+                img.height()
+            )),
+            (Ok(Ok((img, _))), Ok(Ok(g))) if g.dimensions() != img.dimensions() => {
+                problems.push(format!(
+                    "{name}: greyscale {:?} vs colour {:?}",
+                    g.dimensions(),
+                    img.dimensions()
+                ))
+            }
+            _ => {}
+        }
         match (expected, result) {
             (_, Err(_)) => problems.push(format!("{name}: PANICKED (expected {expected})")),
             ("error", Ok(Err(_))) => {}

@@ -13,7 +13,8 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ongi_core::preprocess::{decode_image_with_limit, preprocess, PreprocessConfig};
+use ongi_core::features::pixel_features;
+use ongi_core::preprocess::{decode_grey, decode_image_with_limit, preprocess, PreprocessConfig};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
@@ -136,7 +137,9 @@ fn apply(data: &mut Vec<u8>, m: &Mutation) {
     }
 }
 
-/// Decode (+ preprocess when it decodes) must not panic and must give a sane tensor.
+/// Decode (+ preprocess when it decodes) must not panic and must give a sane
+/// tensor; the greyscale decode of the pixel features must not panic either,
+/// and gives finite features of the same size when it decodes.
 fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
     if let Ok(img) = decode_image_with_limit(bytes, FUZZ_MAX_PIXELS) {
         prop_assert!(img.width() > 0 && img.height() > 0);
@@ -145,6 +148,11 @@ fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
         let tensor = preprocess(&img, &cfg);
         prop_assert_eq!(tensor.len(), cfg.output_len());
         prop_assert!(tensor.iter().all(|v| v.is_finite()));
+    }
+    if let Ok(grey) = decode_grey(bytes, FUZZ_MAX_PIXELS, None) {
+        let f = pixel_features(&grey);
+        prop_assert!(f.laplacian_var.is_finite() && f.laplacian_var >= 0.0);
+        prop_assert!(u64::from(f.width) * u64::from(f.height) <= FUZZ_MAX_PIXELS);
     }
     Ok(())
 }
