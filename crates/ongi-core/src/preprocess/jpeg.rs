@@ -7,9 +7,9 @@
 //! (a libjpeg-turbo fork whose decoder is unchanged), with Pillow's defaults:
 //! `JDCT_ISLOW`, fancy upsampling and block smoothing on (libjpeg's defaults, which
 //! Pillow keeps outside draft mode), output RGB for 1- and 3-component images and
-//! CMYK for 4-component ones. The C build has no SIMD (that would need `nasm`); the
-//! SIMD kernels are bit-exact with the C ones, so enabling them later as an opt-in
-//! feature changes speed only.
+//! CMYK for 4-component ones. libjpeg-turbo's SIMD kernels are built when `nasm`
+//! is present and chosen at run time from CPUID; they are bit-exact with the C
+//! paths (the PIL and OpenCV parity tests pass with either), so they change speed only.
 //!
 //! Errors: libjpeg reports fatal errors through `error_exit`, which must not return.
 //! Ours unwinds (the C sources are built with `-fexceptions`, and the callbacks are
