@@ -368,11 +368,15 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
         bail!("--preprocess: no image files found");
     }
     let images = args.images.max(files.len());
+    let max_pixels = preprocess::DEFAULT_MAX_PIXELS;
+    let min_size = decode.min_decode_size(&cfg);
     let run_images = |n: usize| -> Result<()> {
         for bytes in files.iter().cycle().take(n) {
-            std::hint::black_box(preprocess::load_and_preprocess(bytes, &cfg, decode)?);
+            // The server's steps, so that the grey decode reuses a PNG's or WebP's RGB.
+            let decoded = preprocess::decode_image_scaled(bytes, max_pixels, min_size)?;
+            std::hint::black_box(preprocess::preprocess_decoded(&decoded, &cfg));
             if args.pixel_features {
-                let grey = preprocess::decode_grey(bytes, preprocess::DEFAULT_MAX_PIXELS, None)?;
+                let grey = preprocess::decode_grey(bytes, max_pixels, Some(&decoded))?;
                 std::hint::black_box(ongi_core::features::pixel_features(&grey));
             }
         }

@@ -219,7 +219,11 @@ pub fn categorize(
     let top: Vec<TopTags> = sims
         .iter()
         .map(|s| {
-            let t = top_tags(&boosted(s, &boosts, cfg), cfg);
+            let t = if cfg.tag_boosts.is_empty() {
+                top_tags(s, cfg)
+            } else {
+                top_tags(&boosted(s, &boosts, cfg), cfg)
+            };
             if cfg.parents.is_empty() {
                 t
             } else {

@@ -130,7 +130,7 @@ fn linear_axis(ssize: usize, dsize: usize) -> LinearAxis {
 /// values with 16 (`ufixedpoint32`) rounded to 8 bits; rows outside the
 /// interpolating range are the first or last source row's horizontal pass,
 /// rounded from 8 fractional bits.
-pub(crate) fn resize_linear_exact(src: &[u8], w: usize, h: usize, dw: usize, dh: usize) -> Vec<u8> {
+fn resize_linear_exact(src: &[u8], w: usize, h: usize, dw: usize, dh: usize) -> Vec<u8> {
     let xa = linear_axis(w, dw);
     let ya = linear_axis(h, dh);
     let hline = |y: usize| -> Vec<u32> {

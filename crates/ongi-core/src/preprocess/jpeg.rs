@@ -153,17 +153,14 @@ fn decode_grey_unwinding(bytes: &[u8], max_pixels: u64) -> Result<GrayImage, Jpe
             let data: Vec<u8> = started.read_scanlines()?;
             let (w, h) = (started.width(), started.height());
             started.finish()?;
-            gray_image(w, h, data)?
+            GrayImage::from_raw(to_u32(w)?, to_u32(h)?, data).ok_or_else(short_output)?
         }
+        // CMYK: the full-size colour decode's RGB (already upright), then
+        // OpenCV's weights.
         4 => {
-            // CMYK: through the same RGB as the colour decode, then OpenCV's weights.
-            let mut started = dec.to_colorspace(ColorSpace::JCS_CMYK)?;
-            let mut data: Vec<u8> = started.read_scanlines()?;
-            let (w, h) = (started.width(), started.height());
-            started.finish()?;
-            inverted_cmyk_to_rgb_in_place(&mut data);
-            let rgb = RgbImage::from_raw(to_u32(w)?, to_u32(h)?, data).ok_or_else(short_output)?;
-            super::grey::bt601_fixed15(&rgb)
+            drop(dec);
+            let rgb = decode_unwinding(bytes, max_pixels, None)?.image;
+            return Ok(super::grey::bt601_fixed15(&rgb));
         }
         n => return Err(JpegError::Components(n)),
     };
@@ -178,10 +175,6 @@ fn to_u32(v: usize) -> Result<u32, JpegError> {
 
 fn short_output() -> JpegError {
     JpegError::Libjpeg("libjpeg returned fewer pixels than declared".into())
-}
-
-fn gray_image(w: usize, h: usize, data: Vec<u8>) -> Result<GrayImage, JpegError> {
-    GrayImage::from_raw(to_u32(w)?, to_u32(h)?, data).ok_or_else(short_output)
 }
 
 /// The decode proper; libjpeg errors leave it by unwinding.
@@ -209,10 +202,7 @@ fn decode_unwinding(
     // The shorter and longer sides are the same before and after EXIF rotation, so
     // the header size decides the scale. Denominator 1 leaves libjpeg's scaling untouched, so
     // the exact path stays PIL's.
-    let (full_w, full_h) = (
-        u32::try_from(width).map_err(|_| JpegError::Libjpeg("width overflows u32".into()))?,
-        u32::try_from(height).map_err(|_| JpegError::Libjpeg("height overflows u32".into()))?,
-    );
+    let (full_w, full_h) = (to_u32(width)?, to_u32(height)?);
     let denom = min_size.map_or(1, |min| scale_denom_for(full_w, full_h, min));
     if denom > 1 {
         // mozjpeg's `scale(n)` means n/8.
@@ -236,12 +226,8 @@ fn decode_unwinding(
     if cmyk {
         inverted_cmyk_to_rgb_in_place(&mut data);
     }
-    let (w, h) = (
-        u32::try_from(out_w).map_err(|_| JpegError::Libjpeg("width overflows u32".into()))?,
-        u32::try_from(out_h).map_err(|_| JpegError::Libjpeg("height overflows u32".into()))?,
-    );
-    let img = RgbImage::from_raw(w, h, data)
-        .ok_or_else(|| JpegError::Libjpeg("libjpeg returned fewer pixels than declared".into()))?;
+    let (w, h) = (to_u32(out_w)?, to_u32(out_h)?);
+    let img = RgbImage::from_raw(w, h, data).ok_or_else(short_output)?;
     let mut img = DynamicImage::ImageRgb8(img);
     img.apply_orientation(orientation);
     let image = img.into_rgb8();
