@@ -3,19 +3,27 @@
 
 Subcommands (each prints JSON lines on stdout, logs on stderr):
 
-  model --engine torch|ort --model DIR --threads T --batch-sizes 1,16 --images N
-        Times the CLIP image tower (transformers `CLIPModel.get_image_features`,
-        or DIR/vision.onnx with onnxruntime) on the same deterministic synthetic
-        pixels `ongi bench` uses (splitmix64 in [0,1), normalised with the
-        model's mean/std), f32, after a warm-up, with exactly T compute threads.
+  model --engine ENGINE --model DIR --threads T --batch-sizes 1,16 --images N
+        [--reference-dir DIR]
+        Times the CLIP image tower on the same deterministic synthetic pixels
+        `ongi bench` uses (splitmix64 in [0,1), normalised with the model's
+        mean/std), after a warm-up, with exactly T compute threads. ENGINE:
+        torch (transformers `get_image_features`, f32), torch-bf16 (the same
+        under CPU bf16 autocast), ort (DIR/vision.onnx, f32), ort-int8
+        (onnxruntime `quantize_dynamic`, int8 weights), ov / ov-bf16
+        (OpenVINO with INFERENCE_PRECISION_HINT f32 / bf16). With
+        --reference-dir, torch stores its outputs there and every other
+        engine reports its worst cosine to them.
         One process per thread count: the caller starts one per T.
+  cosine --jsonl F --features DIR --reference-dir DIR
+        Adds the cosine to PyTorch f32 to ongi's JSON lines.
   preprocess --model DIR --images N FILE...
         Times the Python reference pipeline on files read into memory first:
         PIL open + EXIF transpose + convert('RGB') + transformers' PIL-based
         CLIPImageProcessor from DIR. Single thread.
   photos --out DIR --count K SRC...
         Writes K 4000x3000 quality-90 JPEGs (12 MP) upscaled from SRC images.
-  table --ongi F --torch F --ort F [--ongi-pre F --py-pre F]
+  table --ongi F [--ongi F...] --peer F [--peer F...] [--ongi-pre F --py-pre F]
         Prints the comparison table from the JSON-lines files.
 """
 
@@ -67,18 +75,22 @@ def synthetic_pixels(batch: int, size: int, mean, std):
     return np.ascontiguousarray((x - m) / s, dtype=np.float32)
 
 
-def cmd_model(args) -> None:
-    pin_threads(args.threads)
-    import numpy as np  # noqa: F401
+# Engines of the `model` subcommand: name -> (label, precision).
+ENGINES = {
+    "torch": ("PyTorch", "f32"),
+    "torch-bf16": ("PyTorch autocast", "bf16"),
+    "ort": ("ONNX Runtime", "f32"),
+    "ort-int8": ("ONNX Runtime quantize_dynamic", "int8"),
+    "ov": ("OpenVINO", "f32"),
+    "ov-bf16": ("OpenVINO", "bf16"),
+}
 
-    model_dir = Path(args.model)
-    pre = json.loads((model_dir / "preprocessor_config.json").read_text())
-    crop = pre.get("crop_size", {})
-    size = int(crop.get("height", 224)) if isinstance(crop, dict) else int(crop)
-    mean, std = pre["image_mean"], pre["image_std"]
-    t = args.threads
 
-    if args.engine == "torch":
+def load_engine(engine: str, model_dir: Path, t: int):
+    """Returns (run(x) -> features as a numpy array, version string)."""
+    if engine.startswith("torch"):
+        import contextlib
+
         import torch
         from transformers import CLIPModel
 
@@ -93,34 +105,99 @@ def cmd_model(args) -> None:
         except RuntimeError:
             pass
         model = CLIPModel.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
-        version = f"torch {torch.__version__}"
+        bf16 = engine == "torch-bf16"
 
         def run(x):
-            with torch.no_grad():
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+            with torch.no_grad(), ctx:
                 out = model.get_image_features(pixel_values=torch.from_numpy(x))
-                return getattr(out, "pooler_output", out)
-    else:
+                out = getattr(out, "pooler_output", out)
+                return out.float().numpy()
+        return run, f"torch {torch.__version__}"
+    onnx_path = model_dir / "vision.onnx"
+    if engine.startswith("ort"):
         import onnxruntime as ort
 
+        if engine == "ort-int8":
+            # Dynamic quantisation as a user would apply it: int8 weights
+            # (per tensor), activations quantised per call. Built once.
+            q_path = model_dir / "vision.int8.onnx"
+            if not q_path.exists():
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                log(f"[{engine}] quantize_dynamic -> {q_path}")
+                quantize_dynamic(str(onnx_path), str(q_path), weight_type=QuantType.QInt8)
+            onnx_path = q_path
         so = ort.SessionOptions()
         so.intra_op_num_threads = t
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        onnx_path = model_dir / "vision.onnx"
         sess = ort.InferenceSession(str(onnx_path), sess_options=so,
                                     providers=["CPUExecutionProvider"])
         in_name = sess.get_inputs()[0].name
-        version = f"onnxruntime {ort.__version__}"
+        return (lambda x: sess.run(None, {in_name: x})[0]), f"onnxruntime {ort.__version__}"
+    import openvino as ov
 
-        def run(x):
-            return sess.run(None, {in_name: x})[0]
+    core = ov.Core()
+    hint = "bf16" if engine == "ov-bf16" else "f32"
+    compiled = core.compile_model(str(onnx_path), "CPU", {
+        "INFERENCE_NUM_THREADS": t,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": hint,
+    })
+    # What OpenVINO actually runs (it falls back to f32 where the CPU has no bf16).
+    actual = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    request = compiled.create_infer_request()
+
+    def run(x):
+        return request.infer([x])[0].copy()
+    return run, f"openvino {ov.__version__} (runs {actual})"
+
+
+def cosine_rows(a, b) -> float:
+    """The worst cosine between matching rows of two [n, d] arrays."""
+    import numpy as np
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    num = (a * b).sum(axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float((num / den).min())
+
+
+def cmd_model(args) -> None:
+    pin_threads(args.threads)
+    import numpy as np
+
+    model_dir = Path(args.model)
+    pre = json.loads((model_dir / "preprocessor_config.json").read_text())
+    crop = pre.get("crop_size", {})
+    size = int(crop.get("height", 224)) if isinstance(crop, dict) else int(crop)
+    mean, std = pre["image_mean"], pre["image_std"]
+    t = args.threads
+    run, version = load_engine(args.engine, model_dir, t)
+    label, precision = ENGINES[args.engine]
+    refs = Path(args.reference_dir) if args.reference_dir else None
 
     log(f"[{args.engine}] {version}, {t} thread(s)")
     for b in args.batch_sizes:
         x = synthetic_pixels(b, size, mean, std)
-        for _ in range(args.warmup):
+        out = run(x)
+        for _ in range(args.warmup - 1):
             run(x)
+        # Accuracy: the worst cosine to PyTorch f32 on this batch (the torch
+        # engine writes the reference; the others read it).
+        cosine = None
+        if refs is not None:
+            ref = refs / f"torch_f32_b{b}.npy"
+            if args.engine == "torch":
+                refs.mkdir(parents=True, exist_ok=True)
+                np.save(ref, out)
+                cosine = 1.0
+            elif ref.exists():
+                cosine = cosine_rows(out, np.load(ref))
         batches = math.ceil(args.images / b)
         c0 = time.process_time()
         t0 = time.perf_counter()
@@ -131,6 +208,8 @@ def cmd_model(args) -> None:
         images = batches * b
         r = {
             "engine": args.engine,
+            "label": label,
+            "precision": precision,
             "version": version,
             "batch_size": b,
             "threads": t,
@@ -139,9 +218,29 @@ def cmd_model(args) -> None:
             "ms_per_image": 1000.0 * wall / images,
             "cpu_avg_pct": 100.0 * cpu / wall,
             "peak_rss_mb": peak_rss_mb(),
+            "cosine": cosine,
         }
         print(json.dumps(r), flush=True)
-        log(f"[{args.engine}] threads {t} batch {b}: {r['images_per_sec']:.2f} img/s")
+        log(f"[{args.engine}] threads {t} batch {b}: {r['images_per_sec']:.2f} img/s, cosine {cosine}")
+
+
+def cmd_cosine(args) -> None:
+    """Adds the cosine to PyTorch f32 to ongi's JSON lines (ongi bench
+    --save-features wrote its outputs as raw little-endian f32)."""
+    import numpy as np
+
+    refs = Path(args.reference_dir)
+    for line in Path(args.jsonl).read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        r = json.loads(line)
+        feats = Path(args.features) / f"b{r['batch_size']}_t{r['threads']}.f32"
+        ref = refs / f"torch_f32_b{r['batch_size']}.npy"
+        if feats.exists() and ref.exists():
+            want = np.load(ref)
+            got = np.fromfile(feats, dtype="<f4").reshape(want.shape)
+            r["cosine"] = cosine_rows(got, want)
+        print(json.dumps(r))
 
 
 def cmd_preprocess(args) -> None:
@@ -261,6 +360,23 @@ def read_jsonl(path: str | None) -> list[dict]:
     return rows
 
 
+def cpu_line() -> str:
+    """The CPU's model name and the flags that decide its matrix kernels."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"]
+    have = [f for f in wanted if f in flags]
+    return f"CPU: {model}, {os.cpu_count()} CPUs; matrix flags: {' '.join(have) or 'none'}"
+
+
 def cmd_table(args) -> None:
     def index(rows):
         # Several rounds per setting: keep the median round (by images/s).
@@ -270,29 +386,46 @@ def cmd_table(args) -> None:
         return {k: sorted(v, key=lambda r: r["images_per_sec"])[(len(v) - 1) // 2]
                 for k, v in by_key.items()}
 
-    ongi, ort_, pt = index(read_jsonl(args.ongi)), index(read_jsonl(args.ort)), index(read_jsonl(args.torch))
-    keys = sorted(set(ongi) | set(ort_) | set(pt))
+    # ongi's rows: one file per precision (f32, and the default when it differs,
+    # and int8); peers: one file per engine.
+    ongi_rows = {}
+    for path in args.ongi or []:
+        rows = read_jsonl(path)
+        if rows:
+            name = f"ongi {rows[0].get('precision') or 'f32'}"
+            ongi_rows[name] = index(rows)
+    peer_rows = {}
+    for path in args.peer or []:
+        rows = read_jsonl(path)
+        if rows:
+            r0 = rows[0]
+            peer_rows[f"{r0['label']} {r0['precision']}"] = index(rows)
+    keys = sorted({k for d in (*ongi_rows.values(), *peer_rows.values()) for k in d})
 
-    def ips(d, k):
-        return d[k]["images_per_sec"] if k in d else None
-
-    def f(v, w=10, p=2):
-        return f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"
-
-    def ratio(a, b):
-        return a / b if a is not None and b else None
-
-    print("CLIP ViT-B/32 image tower, f32, random weights, synthetic inputs: images/second")
-    for d, name in ((ort_, "ORT"), (pt, "PyTorch")):
-        if d:
-            print(f"  {name}: {next(iter(d.values())).get('version', '')}")
-    print(f"{'threads':>7} {'batch':>5} {'ongi':>10} {'ORT':>10} {'PyTorch':>10} {'ongi/ORT':>9} {'ongi/PT':>9}"
-          f" {'ongi CPU%':>9} {'ORT CPU%':>9} {'PT CPU%':>9}")
+    print(cpu_line())
+    print("CLIP ViT-B/32 image tower, random weights, synthetic inputs: images/second;")
+    print("cosine = worst cosine to PyTorch f32 over the batch; ratios against the fastest peer row")
+    print("and the fastest f32 peer row at the same setting (median of rounds)")
+    for d in peer_rows.values():
+        r = next(iter(d.values()))
+        print(f"  {r['label']} {r['precision']}: {r.get('version', '')}")
     for k in keys:
-        o, r, p = ips(ongi, k), ips(ort_, k), ips(pt, k)
-        cpu = [d[k].get("cpu_avg_pct") if k in d else None for d in (ongi, ort_, pt)]
-        print(f"{k[0]:>7} {k[1]:>5} {f(o)} {f(r)} {f(p)} {f(ratio(o, r), 8)}x {f(ratio(o, p), 8)}x"
-              f" {f(cpu[0], 9, 0)} {f(cpu[1], 9, 0)} {f(cpu[2], 9, 0)}")
+        print()
+        print(f"threads {k[0]}, batch {k[1]}")
+        peers_here = {n: d[k] for n, d in peer_rows.items() if k in d}
+        best = max(peers_here.items(), key=lambda nv: nv[1]["images_per_sec"], default=None)
+        f32 = {n: r for n, r in peers_here.items() if r["precision"] == "f32"}
+        best32 = max(f32.items(), key=lambda nv: nv[1]["images_per_sec"], default=None)
+        print(f"  {'engine':<38} {'img/s':>8} {'cosine':>9} {'CPU%':>5} {'vs best':>8} {'vs best f32':>11}")
+        for name, r in [*((n, d[k]) for n, d in ongi_rows.items() if k in d), *peers_here.items()]:
+            ips = r["images_per_sec"]
+            cos = r.get("cosine")
+            vb = f"{ips / best[1]['images_per_sec']:.2f}x" if best else "-"
+            vf = f"{ips / best32[1]['images_per_sec']:.2f}x" if best32 else "-"
+            print(f"  {name:<38} {ips:>8.2f} {cos if cos is None else f'{cos:.6f}':>9}"
+                  f" {r.get('cpu_avg_pct', 0):>5.0f} {vb:>8} {vf:>11}")
+        if best:
+            print(f"  fastest peer: {best[0]}; fastest f32 peer: {best32[0] if best32 else '-'}")
 
     op, pp = read_jsonl(args.ongi_pre), read_jsonl(args.py_pre)
     if op or pp:
@@ -326,7 +459,8 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     m = sub.add_parser("model")
-    m.add_argument("--engine", choices=["torch", "ort"], required=True)
+    m.add_argument("--engine", choices=sorted(ENGINES), required=True)
+    m.add_argument("--reference-dir", help="where PyTorch f32's outputs are kept for the cosines")
     m.add_argument("--model", required=True)
     m.add_argument("--threads", type=int, required=True)
     m.add_argument("--batch-sizes", type=csv_ints, default=[1, 16])
@@ -353,8 +487,16 @@ def main() -> None:
     ph.add_argument("src", nargs="+")
     ph.set_defaults(func=cmd_photos)
 
+    c = sub.add_parser("cosine")
+    c.add_argument("--jsonl", required=True)
+    c.add_argument("--features", required=True)
+    c.add_argument("--reference-dir", required=True)
+    c.set_defaults(func=cmd_cosine)
+
     t = sub.add_parser("table")
-    for a in ("--ongi", "--torch", "--ort", "--ongi-pre", "--py-pre"):
+    t.add_argument("--ongi", action="append", help="ongi JSON lines (one file per precision)")
+    t.add_argument("--peer", action="append", help="a peer's JSON lines (one file per engine)")
+    for a in ("--ongi-pre", "--py-pre"):
         t.add_argument(a)
     t.set_defaults(func=cmd_table)
 

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
+use ongi_model::{kernel_choice, WeightFormat, Precision};
 use ongi_core::preprocess::{self, PreprocessConfig};
 use ongi_model::clip::ClipModel;
 use serde::{Deserialize, Serialize};
@@ -49,9 +50,9 @@ pub struct BenchArgs {
     /// Print one JSON object per line per setting instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Numeric precision of the model (default f32 on CPU).
-    #[arg(long, value_enum)]
-    pub dtype: Option<DTypeArg>,
+    /// Numeric precision of the model (`auto`: as `ongi serve` picks it).
+    #[arg(long, value_enum, default_value_t)]
+    pub dtype: DTypeArg,
     /// Time decode + preprocess alone (single thread) over these image files or
     /// directories instead of the model.
     #[arg(long, num_args = 1.., value_name = "PATH")]
@@ -63,6 +64,10 @@ pub struct BenchArgs {
     /// pHash, blur variance), as the server does for every photo.
     #[arg(long)]
     pub pixel_features: bool,
+    /// Also write each batch's image features to DIR/b{batch}_t{threads}.f32
+    /// (raw little-endian f32), for accuracy checks against other engines.
+    #[arg(long, value_name = "DIR")]
+    pub save_features: Option<PathBuf>,
     /// Internal: run the single thread setting in this process.
     #[arg(long, hide = true)]
     pub in_process: bool,
@@ -86,6 +91,9 @@ struct Timing {
 struct ModelResult {
     batch_size: usize,
     threads: usize,
+    /// The precision computed at (`auto` resolved) and its kernel.
+    #[serde(default)]
+    precision: String,
     #[serde(flatten)]
     timing: Timing,
 }
@@ -165,7 +173,8 @@ fn bench_model(args: &BenchArgs) -> Result<()> {
         .join(",");
     let mut out = std::io::stdout().lock();
     if !args.json {
-        let dtype = args.dtype.map_or("f32".to_string(), dtype_name);
+        let (precision, why) = args.dtype.resolve(&Device::Cpu);
+        let dtype = format!("{precision} ({why})");
         writeln!(
             out,
             "ongi bench: image tower of {}, {dtype}, synthetic inputs, >= {} images per setting after {} warm-up batch(es)",
@@ -208,8 +217,9 @@ fn bench_model(args: &BenchArgs) -> Result<()> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(dtype) = args.dtype {
-            cmd.arg("--dtype").arg(dtype_name(dtype));
+        cmd.arg("--dtype").arg(dtype_name(args.dtype));
+        if let Some(dir) = &args.save_features {
+            cmd.arg("--save-features").arg(dir);
         }
         let mut child = cmd.spawn().context("starting the bench process")?;
         let stdout = child.stdout.take().context("bench process stdout")?;
@@ -261,6 +271,15 @@ fn footnote(rss_sources: &[String]) -> String {
     )
 }
 
+/// `f32`, or `bf16 (avx512-bf16)`: the precision and the kernel it ran on.
+fn precision_label(p: Precision) -> String {
+    match p {
+        Precision::Bf16 => format!("{p} ({})", kernel_choice(WeightFormat::Bf16).name),
+        Precision::Int8 => format!("{p} ({})", kernel_choice(WeightFormat::Int8).name),
+        _ => p.to_string(),
+    }
+}
+
 fn dtype_name(d: DTypeArg) -> String {
     use clap::ValueEnum;
     d.to_possible_value()
@@ -282,11 +301,9 @@ fn bench_in_process(args: &BenchArgs) -> Result<()> {
         .build()
         .context("building the compute thread pool")?;
     let device = Device::Cpu;
-    let dtype = args
-        .dtype
-        .map_or_else(|| ongi_model::clip::default_dtype(&device), DType::from);
+    let (precision, _) = args.dtype.resolve(&device);
     let model = pool
-        .install(|| ClipModel::load(&args.model, &device, dtype))
+        .install(|| ClipModel::load(&args.model, &device, precision))
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
     let cfg = PreprocessConfig::from_model_dir(&args.model)?;
     let size = model.image_size();
@@ -307,9 +324,18 @@ fn bench_in_process(args: &BenchArgs) -> Result<()> {
             || run_batches(args.warmup),
             || run_batches(batches),
         )?;
+        if let Some(dir) = &args.save_features {
+            let features = pool.install(|| model.image_features(&pixels))?;
+            let values = features.flatten_all()?.to_vec1::<f32>()?;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::create_dir_all(dir)?;
+            let path = dir.join(format!("b{batch_size}_t{threads}.f32"));
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
         let result = ModelResult {
             batch_size,
             threads,
+            precision: precision_label(precision),
             timing,
         };
         serde_json::to_writer(&mut out, &result)?;

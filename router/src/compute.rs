@@ -1,25 +1,36 @@
 //! Compute settings shared by every command: device, dtype and thread count.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
+use ongi_model::{kernel_choice, CpuFeatures, WeightFormat, Precision};
 
 /// Numeric precision requested on the command line.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DTypeArg {
-    /// 32-bit float (default on CPU).
+    /// The fastest precision that keeps f32's answers on this device: bf16 on
+    /// a CPU with AMX or AVX512-BF16, f32 on other CPUs, f16 on CUDA.
+    #[default]
+    Auto,
+    /// 32-bit float.
     F32,
-    /// 16-bit float (default on CUDA; slow on CPUs without native fp16, seed 004).
+    /// 16-bit float (for CUDA; CPUs widen it in software, many times slower).
     F16,
-    /// bfloat16.
+    /// bfloat16 matrix products (native on AMX / AVX512-BF16 CPUs).
     Bf16,
+    /// int8 matrix products on the CPU (only when asked: embeddings move more).
+    Int8,
 }
 
-impl From<DTypeArg> for DType {
-    fn from(d: DTypeArg) -> Self {
-        match d {
-            DTypeArg::F32 => DType::F32,
-            DTypeArg::F16 => DType::F16,
-            DTypeArg::Bf16 => DType::BF16,
+impl DTypeArg {
+    /// The precision this request means on `device`, and why.
+    pub fn resolve(self, device: &Device) -> (Precision, String) {
+        let asked = |p: Precision| (p, "asked for".to_string());
+        match self {
+            DTypeArg::Auto => Precision::auto(device),
+            DTypeArg::F32 => asked(Precision::F32),
+            DTypeArg::F16 => asked(Precision::F16),
+            DTypeArg::Bf16 => asked(Precision::Bf16),
+            DTypeArg::Int8 => asked(Precision::Int8),
         }
     }
 }
@@ -30,9 +41,9 @@ pub struct ComputeArgs {
     /// Number of compute threads (default: all cores).
     #[arg(long, env = "ONGI_THREADS")]
     pub threads: Option<usize>,
-    /// Numeric precision; default follows the device (f32 on CPU, f16 on CUDA).
-    #[arg(long, value_enum, env = "ONGI_DTYPE")]
-    pub dtype: Option<DTypeArg>,
+    /// Numeric precision; `auto` picks per device and CPU (see `ongi serve --help`).
+    #[arg(long, value_enum, default_value_t, env = "ONGI_DTYPE")]
+    pub dtype: DTypeArg,
     /// Device: `cpu`, or `cuda[:N]` in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu", env = "ONGI_DEVICE")]
     pub device: String,
@@ -41,8 +52,41 @@ pub struct ComputeArgs {
 /// Resolved compute settings.
 pub struct Compute {
     pub device: Device,
-    pub dtype: DType,
+    pub precision: Precision,
+    /// Why that precision (the CPU features that chose it, or "asked for").
+    pub precision_reason: String,
     pub threads: usize,
+}
+
+impl Compute {
+    /// One line naming the precision, why, and the kernels it runs on; and
+    /// a warning when the precision has no native support here.
+    pub fn describe_precision(&self) -> (String, Option<String>) {
+        let kernel = if self.device.is_cpu() {
+            match self.precision {
+                Precision::Bf16 => kernel_choice(WeightFormat::Bf16).name,
+                Precision::Int8 => kernel_choice(WeightFormat::Int8).name,
+                Precision::F32 if ongi_model::packed::f32_blocked_preferred() => {
+                    kernel_choice(WeightFormat::F32).name
+                }
+                Precision::F32 => "gemm f32",
+                Precision::F16 => "candle f16",
+            }
+        } else {
+            "candle"
+        };
+        let line = format!("{} ({}; kernel {kernel})", self.precision, self.precision_reason);
+        let features = CpuFeatures::get();
+        let warning = (self.device.is_cpu() && !self.precision.native_on_cpu(&features)).then(|| {
+            format!(
+                "{} has no native support on this CPU ({}): it runs slower than f32; \
+                 --dtype auto picks the fastest precision here",
+                self.precision,
+                features.flags()
+            )
+        });
+        (line, warning)
+    }
 }
 
 impl ComputeArgs {
@@ -64,12 +108,11 @@ impl ComputeArgs {
             .build_global()
             .context("building the compute thread pool")?;
         let device = parse_device(&self.device)?;
-        let dtype = self
-            .dtype
-            .map_or_else(|| ongi_model::clip::default_dtype(&device), DType::from);
+        let (precision, precision_reason) = self.dtype.resolve(&device);
         Ok(Compute {
             device,
-            dtype,
+            precision,
+            precision_reason,
             threads,
         })
     }

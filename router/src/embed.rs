@@ -67,7 +67,7 @@ pub fn run(args: EmbedArgs) -> Result<ExitCode> {
     }
     let compute = args.compute.resolve()?;
     let model = Arc::new(
-        ClipModel::load(&args.model, &compute.device, compute.dtype)
+        ClipModel::load(&args.model, &compute.device, compute.precision)
             .with_context(|| format!("loading the model from {}", args.model.display()))?,
     );
     let mut out = std::io::stdout().lock();

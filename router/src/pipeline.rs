@@ -126,6 +126,8 @@ pub struct Pipeline {
     pub store: Arc<dyn FeatureStore>,
     /// Where photos come from, as clients may be told (no local path, no endpoint).
     pub source_public: String,
+    /// The precision the model computes at, why, and on which kernels.
+    pub precision: String,
 }
 
 /// Loads the model, opens source and store, starts the inference worker and
@@ -147,7 +149,7 @@ pub async fn build(
         .filter(|d| !d.is_zero())
         .context("--request-timeout-secs must be a positive number of seconds")?;
     let model = Arc::new(
-        ClipModel::load(&args.model, &compute.device, compute.dtype)
+        ClipModel::load(&args.model, &compute.device, compute.precision)
             .with_context(|| format!("loading the model from {}", args.model.display()))?,
     );
     let preprocess = PreprocessConfig::from_model_dir(&args.model)?;
@@ -167,6 +169,7 @@ pub async fn build(
         Some(id) => id.clone(),
         None => ongi_core::model_id::model_identity(&args.model)
             .map(|id| ongi_core::model_id::with_decode_mode(&id, decode_mode))
+            .map(|id| ongi_core::model_id::with_precision(&id, compute.precision))
             .with_context(|| format!("hashing the checkpoint in {}", args.model.display()))?,
     };
     let decode_workers = args.decode_workers.unwrap_or(compute.threads).max(1);
@@ -224,9 +227,15 @@ pub async fn build(
     )
     .await?;
 
+    let (precision, precision_warning) = compute.describe_precision();
+    if let Some(warning) = precision_warning {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(
         model = %args.model.display(),
         model_id = %model_id,
+        precision = %precision,
+        cpu_features = %ongi_model::CpuFeatures::get().flags(),
         images = %source_description,
         store = %store.describe(),
         threads = compute.threads,
@@ -254,6 +263,7 @@ pub async fn build(
         analyzer,
         store,
         source_public,
+        precision,
     })
 }
 

@@ -54,6 +54,16 @@ pub fn with_decode_mode(id: &str, mode: DecodeMode) -> String {
     }
 }
 
+/// The identity under which features computed at `precision` are cached:
+/// `id` itself at f32, `id` + `-bf16` / `-int8` / `-f16` otherwise, so
+/// records of different precisions never mix.
+pub fn with_precision(id: &str, precision: ongi_model::Precision) -> String {
+    match precision {
+        ongi_model::Precision::F32 => id.to_owned(),
+        p => format!("{id}-{}", p.name()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +99,13 @@ mod tests {
             with_decode_mode("clip-ab", DecodeMode::Fast),
             "clip-ab-fast"
         );
+    }
+
+    #[test]
+    fn precision_separates_identities() {
+        use ongi_model::Precision;
+        assert_eq!(with_precision("clip-ab-fast", Precision::F32), "clip-ab-fast");
+        assert_eq!(with_precision("clip-ab-fast", Precision::Bf16), "clip-ab-fast-bf16");
+        assert_eq!(with_precision("clip-ab", Precision::Int8), "clip-ab-int8");
     }
 }

@@ -17,41 +17,39 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 
 use crate::config::{Activation, ClipConfig, TextPooling};
 use crate::error::ModelError;
+use crate::packed::{WeightFormat, PackedWeight};
+use crate::precision::Precision;
 use crate::team::Team;
 use crate::weights::SafetensorsFile;
 
 /// File name of the weights inside a model directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// The compute dtype a device gets unless the caller asks for another:
-/// f32 on the CPU (f16 without native CPU support ran 27× slower, seed 004),
-/// f16 on CUDA. Other accelerators stay at f32 until measured.
-pub fn default_dtype(device: &Device) -> DType {
-    if device.is_cuda() {
-        DType::F16
-    } else {
-        DType::F32
-    }
+/// How a dense layer's weight is held.
+#[derive(Debug, Clone)]
+pub(crate) enum LinearWeight {
+    /// `[out, in]` as stored by PyTorch; candle's matmul reads it transposed
+    /// through strides, without a copy.
+    Dense(Tensor),
+    /// f32 in the fused CPU forward's panel layout (`kernels::pack_panels`).
+    Panels(Tensor),
+    /// bf16 or int8, packed for the low-precision kernels (`packed.rs`).
+    Low(Arc<PackedWeight>),
 }
 
 /// A dense layer `y = x Wᵀ + b` over a 2-D input.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    /// `[out, in]` as stored by PyTorch (the matmul reads it transposed
-    /// through strides, without a copy), or, when `packed`, the fused CPU
-    /// forward's panel layout (see `kernels::pack_panels`).
-    pub(crate) weight: Tensor,
+    pub(crate) weight: LinearWeight,
     pub(crate) bias: Option<Tensor>,
-    /// `weight` is in panel layout; only the fused forward can use it.
-    pub(crate) packed: bool,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.packed {
+        let LinearWeight::Dense(weight) = &self.weight else {
             candle_core::bail!("weights packed for the fused CPU forward reached candle")
-        }
-        let y = x.matmul(&self.weight.t()?)?;
+        };
+        let y = x.matmul(&weight.t()?)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -195,9 +193,9 @@ pub enum VisionKernels {
 }
 
 impl VisionKernels {
-    /// Fused on the CPU at F32, candle everywhere else.
-    pub fn default_for(device: &Device, dtype: DType) -> Self {
-        if device.is_cpu() && dtype == DType::F32 {
+    /// Fused on the CPU at f32, bf16 and int8; candle everywhere else.
+    pub fn default_for(device: &Device, precision: Precision) -> Self {
+        if device.is_cpu() && precision != Precision::F16 {
             Self::Fused
         } else {
             Self::Candle
@@ -205,13 +203,16 @@ impl VisionKernels {
     }
 }
 
-/// A loaded CLIP model (both towers) on one device, in one dtype.
+/// A loaded CLIP model (both towers) on one device, at one precision.
 #[derive(Debug, Clone)]
 pub struct ClipModel {
     config: ClipConfig,
     vision: VisionTower,
     text: TextTower,
     device: Device,
+    precision: Precision,
+    /// The dtype of the tensors candle computes with (the text tower, and
+    /// the vision tower when it is not fused).
     dtype: DType,
     /// The fused forward's compute threads: present exactly when the vision
     /// tower runs [`VisionKernels::Fused`].
@@ -220,46 +221,65 @@ pub struct ClipModel {
 
 impl ClipModel {
     /// Loads `dir/config.json` and `dir/model.safetensors` (Hugging Face
-    /// `CLIPModel` layout) onto `device`, converting weights to `dtype`
-    /// (F32, F16 or BF16; see [`default_dtype`]), with the vision kernels
+    /// `CLIPModel` layout) onto `device` at `precision` (see
+    /// [`Precision::auto`]), with the vision kernels
     /// [`VisionKernels::default_for`] picks.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+    pub fn load(dir: &Path, device: &Device, precision: Precision) -> Result<Self, ModelError> {
         Self::load_with_kernels(
             dir,
             device,
-            dtype,
-            VisionKernels::default_for(device, dtype),
+            precision,
+            VisionKernels::default_for(device, precision),
         )
     }
 
-    /// [`Self::load`] with a chosen vision-tower implementation;
-    /// [`VisionKernels::Fused`] needs the CPU and F32.
+    /// [`Self::load`] with a chosen vision-tower implementation.
+    ///
+    /// [`VisionKernels::Fused`] runs on the CPU at f32 (gemm's kernels), bf16
+    /// or int8 (`packed.rs`: only the matrix products at that precision; the
+    /// text tower then stays f32, since it only embeds prompts, once).
+    /// [`VisionKernels::Candle`] runs f32, f16 and bf16 on any device.
     pub fn load_with_kernels(
         dir: &Path,
         device: &Device,
-        dtype: DType,
+        precision: Precision,
         vision_kernels: VisionKernels,
     ) -> Result<Self, ModelError> {
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(ModelError::Dtype(dtype));
-        }
         let fused = vision_kernels == VisionKernels::Fused;
-        if fused && !(device.is_cpu() && dtype == DType::F32) {
-            return Err(ModelError::Input(format!(
-                "the fused vision forward runs on the CPU at F32 only, not {dtype:?} on {:?}",
+        if fused && !device.is_cpu() {
+            return Err(ModelError::Unsupported(format!(
+                "the fused vision forward runs on the CPU only, not on {:?}",
                 device.location()
             )));
         }
+        let (dtype, packing) = match (precision, fused) {
+            (Precision::F32, true) if crate::packed::f32_blocked_preferred() => {
+                (DType::F32, Packing::Low(WeightFormat::F32))
+            }
+            (Precision::F32, true) => (DType::F32, Packing::Panels),
+            (Precision::Bf16, true) => (DType::F32, Packing::Low(WeightFormat::Bf16)),
+            (Precision::Int8, true) => (DType::F32, Packing::Low(WeightFormat::Int8)),
+            (Precision::F32, false) => (DType::F32, Packing::None),
+            (Precision::F16, false) => (DType::F16, Packing::None),
+            (Precision::Bf16, false) => (DType::BF16, Packing::None),
+            (Precision::F16, true) | (Precision::Int8, false) => {
+                return Err(ModelError::Unsupported(format!(
+                    "{} runs only {} the fused CPU vision forward",
+                    precision.name(),
+                    if fused { "outside" } else { "in" }
+                )))
+            }
+        };
         let config = ClipConfig::from_model_dir(dir)?;
         let mut file = SafetensorsFile::open(&dir.join(WEIGHTS_FILE))?;
         let mut w = Loader {
             file: &mut file,
             dtype,
             device,
-            pack: fused,
+            packing,
         };
         let vision = load_vision(&mut w, &config)?;
-        w.pack = false;
+        w.packing = Packing::None;
         let text = load_text(&mut w, &config)?;
         // As many threads as the global rayon pool (which `--threads` sizes).
         let team = if fused {
@@ -272,6 +292,7 @@ impl ClipModel {
             vision,
             text,
             device: device.clone(),
+            precision,
             dtype,
             team,
         })
@@ -306,9 +327,9 @@ impl ClipModel {
         self.config.text.max_position_embeddings
     }
 
-    /// The compute dtype.
-    pub fn dtype(&self) -> DType {
-        self.dtype
+    /// The precision the model computes at.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The device the weights live on.
@@ -550,13 +571,20 @@ fn causal_mask(seq: usize, dtype: DType, device: &Device) -> candle_core::Result
     Tensor::from_vec(mask, (seq, seq), device)?.to_dtype(dtype)
 }
 
+/// How the loader stores linear weights (see [`LinearWeight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Packing {
+    None,
+    Panels,
+    Low(WeightFormat),
+}
+
 /// Reads named tensors in the model's dtype and device.
 struct Loader<'a> {
     file: &'a mut SafetensorsFile,
     dtype: DType,
     device: &'a Device,
-    /// Store linear weights in panel layout (see [`Linear::packed`]).
-    pack: bool,
+    packing: Packing,
 }
 
 impl Loader<'_> {
@@ -634,32 +662,38 @@ impl Loader<'_> {
         self.finish_linear(&name, weight, Some(bias))
     }
 
-    /// Builds a layer from an `[out, in]` weight, repacking it into panels
-    /// when the loader is set to (see [`Linear::packed`]).
+    /// Builds a layer from an `[out, in]` weight, packed as the loader is
+    /// set to (see [`LinearWeight`]).
     fn finish_linear(
         &self,
         name: &str,
         weight: Tensor,
         bias: Option<Tensor>,
     ) -> Result<Linear, ModelError> {
-        let weight = if self.pack {
-            let (out, inp) = weight.dims2().map_err(|e| self.op_err(name, e))?;
-            let rows = weight
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| self.op_err(name, e))?;
-            drop(weight);
-            let packed = crate::kernels::pack_panels(&rows, out, inp);
-            drop(rows);
-            Tensor::from_vec(packed, (out, inp), self.device).map_err(|e| self.op_err(name, e))?
-        } else {
-            weight
+        if self.packing == Packing::None {
+            return Ok(Linear {
+                weight: LinearWeight::Dense(weight),
+                bias,
+            });
+        }
+        let (out, inp) = weight.dims2().map_err(|e| self.op_err(name, e))?;
+        let rows = weight
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| self.op_err(name, e))?;
+        drop(weight);
+        let weight = match self.packing {
+            Packing::Low(kind) => LinearWeight::Low(Arc::new(PackedWeight::pack(&rows, out, inp, kind))),
+            _ => {
+                let packed = crate::kernels::pack_panels(&rows, out, inp);
+                drop(rows);
+                LinearWeight::Panels(
+                    Tensor::from_vec(packed, (out, inp), self.device)
+                        .map_err(|e| self.op_err(name, e))?,
+                )
+            }
         };
-        Ok(Linear {
-            weight,
-            bias,
-            packed: self.pack,
-        })
+        Ok(Linear { weight, bias })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -788,13 +822,13 @@ mod tests {
     }
 
     #[test]
-    fn default_dtype_is_f32_on_cpu() {
-        assert_eq!(default_dtype(&Device::Cpu), DType::F32);
-    }
-
-    #[test]
-    fn rejects_unsupported_dtype() {
-        let e = ClipModel::load(Path::new("/nonexistent"), &Device::Cpu, DType::U8).unwrap_err();
-        assert!(matches!(e, ModelError::Dtype(DType::U8)));
+    fn rejects_precisions_the_kernels_cannot_run() {
+        let dir = Path::new("/nonexistent");
+        let e = ClipModel::load_with_kernels(dir, &Device::Cpu, Precision::Int8, VisionKernels::Candle)
+            .unwrap_err();
+        assert!(matches!(e, ModelError::Unsupported(_)), "{e}");
+        let e = ClipModel::load_with_kernels(dir, &Device::Cpu, Precision::F16, VisionKernels::Fused)
+            .unwrap_err();
+        assert!(matches!(e, ModelError::Unsupported(_)), "{e}");
     }
 }

@@ -63,9 +63,14 @@ pub enum ModelError {
     #[error("invalid model input: {0}")]
     Input(String),
 
-    /// The requested compute dtype is not supported.
-    #[error("unsupported model dtype {0:?} (supported: F32, F16, BF16)")]
-    Dtype(candle_core::DType),
+    /// A fault inside the model code (mismatched buffers, a compute thread
+    /// that panicked): a bug, not a bad input.
+    #[error("internal model error: {0}")]
+    Internal(String),
+
+    /// The requested precision cannot run on the requested device or kernels.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]

@@ -17,7 +17,7 @@ use crate::error::ModelError;
 use crate::team::{part, Team};
 
 fn kernel_err(what: &str) -> ModelError {
-    ModelError::Input(format!("fused CPU kernel: {what}"))
+    ModelError::Internal(format!("fused CPU kernel: {what}"))
 }
 
 /// Output features per weight panel (see [`pack_panels`]): a multiple of
@@ -57,7 +57,7 @@ static PANELS_ARE_PACKED: std::sync::Once = std::sync::Once::new();
 
 /// A pointer that may cross into team shares writing disjoint parts.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: only used by the passes below, whose shares write disjoint parts
 // of one output buffer that outlives the pass.
 unsafe impl Send for SendPtr {}
@@ -65,7 +65,7 @@ unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// Through a method, so closures capture the wrapper, not the raw field.
-    fn get(&self) -> *mut f32 {
+    pub(crate) fn get(&self) -> *mut f32 {
         self.0
     }
 }
@@ -218,7 +218,7 @@ pub(crate) fn linear(
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn add_row(row: &mut [f32], bias: &[f32]) {
+pub(crate) fn add_row(row: &mut [f32], bias: &[f32]) {
     for (d, s) in row.iter_mut().zip(bias) {
         *d += s;
     }
@@ -292,7 +292,7 @@ fn sum16(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 
 /// `row = act(row + bias)`, either part optional.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn bias_activation_row(row: &mut [f32], bias: Option<&[f32]>, act: Option<Activation>) {
+pub(crate) fn bias_activation_row(row: &mut [f32], bias: Option<&[f32]>, act: Option<Activation>) {
     if let Some(b) = bias {
         for (v, b) in row.iter_mut().zip(b) {
             *v += b;

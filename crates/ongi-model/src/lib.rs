@@ -4,12 +4,18 @@
 
 pub mod clip;
 pub mod config;
+pub mod cpu;
 pub mod error;
 mod kernels;
+pub mod packed;
+pub mod precision;
 mod team;
 mod vision_cpu;
 pub mod weights;
 
-pub use clip::{default_dtype, ClipModel, VisionKernels};
+pub use clip::{ClipModel, VisionKernels};
+pub use cpu::CpuFeatures;
+pub use packed::{kernel_choice, KernelChoice, WeightFormat};
+pub use precision::Precision;
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig, TextPooling};
 pub use error::ModelError;

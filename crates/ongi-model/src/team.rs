@@ -81,7 +81,7 @@ impl Team {
             let handle = std::thread::Builder::new()
                 .name(format!("ongi-vision-{share}"))
                 .spawn(move || helper(&shared, share))
-                .map_err(|e| ModelError::Input(format!("cannot start compute thread: {e}")))?;
+                .map_err(|e| ModelError::Internal(format!("cannot start compute thread: {e}")))?;
             // Pushed as we go: on a spawn failure `Drop` stops the ones started.
             team.helpers.push(handle);
         }
@@ -130,7 +130,7 @@ impl Team {
 }
 
 fn panicked() -> ModelError {
-    ModelError::Input("fused CPU forward: a compute thread panicked".into())
+    ModelError::Internal("fused CPU forward: a compute thread panicked".into())
 }
 
 impl Drop for Team {

@@ -1,4 +1,5 @@
-//! The vision tower's fused f32 forward for the CPU.
+//! The vision tower's fused forward for the CPU (f32, or bf16/int8 matrix
+//! products with everything between them in f32).
 //!
 //! Same maths as the candle forward in `clip.rs` (and transformers'
 //! `CLIPVisionModel`), reorganised for a CPU: activations live in a handful of
@@ -12,10 +13,11 @@
 
 use candle_core::{Storage, StorageRef, Tensor};
 
-use crate::clip::{EncoderLayer, LayerNorm, Linear, VisionTower};
+use crate::clip::{EncoderLayer, LayerNorm, Linear, LinearWeight, VisionTower};
 use crate::config::{Activation, ClipVisionConfig};
 use crate::error::ModelError;
 use crate::kernels::{self, AttentionShape, Epilogue};
+use crate::packed::{self, PackedWeight};
 use crate::team::Team;
 
 /// A contiguous CPU f32 tensor, read-locked while the forward uses it.
@@ -30,38 +32,50 @@ impl<'a> Held<'a> {
         let (guard, layout) = t.storage_and_layout();
         let (start, end) = layout
             .contiguous_offsets()
-            .ok_or_else(|| ModelError::Input("fused CPU forward: non-contiguous weight".into()))?;
+            .ok_or_else(|| ModelError::Internal("fused CPU forward: non-contiguous weight".into()))?;
         Ok(Self { guard, start, end })
     }
 
     fn slice(&self) -> Result<&[f32], ModelError> {
         match &*self.guard {
             Storage::Cpu(cpu) => Ok(&cpu.as_slice::<f32>()?[self.start..self.end]),
-            _ => Err(ModelError::Input(
+            _ => Err(ModelError::Internal(
                 "fused CPU forward: weights are not on the CPU".into(),
             )),
         }
     }
 }
 
-/// A linear layer's panel-packed weight and optional bias, held.
+/// A linear layer's packed weight, held.
+enum HeldWeight<'a> {
+    /// f32 panels for gemm.
+    Panels(Held<'a>),
+    /// bf16 or int8 blocks for the low-precision kernels.
+    Low(&'a PackedWeight),
+}
+
+/// A linear layer's packed weight and optional bias, held.
 struct HeldLinear<'a> {
-    weight: Held<'a>,
+    weight: HeldWeight<'a>,
     bias: Option<Held<'a>>,
     out: usize,
 }
 
 impl<'a> HeldLinear<'a> {
     fn new(l: &'a Linear) -> Result<Self, ModelError> {
-        if !l.packed {
-            return Err(ModelError::Input(
-                "fused CPU forward: weights were not packed at load".into(),
-            ));
-        }
+        let (weight, out) = match &l.weight {
+            LinearWeight::Panels(t) => (HeldWeight::Panels(Held::new(t)?), t.dim(0)?),
+            LinearWeight::Low(p) => (HeldWeight::Low(p), p.out),
+            LinearWeight::Dense(_) => {
+                return Err(ModelError::Internal(
+                    "fused CPU forward: weights were not packed at load".into(),
+                ))
+            }
+        };
         Ok(Self {
-            weight: Held::new(&l.weight)?,
+            weight,
             bias: l.bias.as_ref().map(Held::new).transpose()?,
-            out: l.weight.dim(0)?,
+            out,
         })
     }
 
@@ -75,14 +89,19 @@ impl<'a> HeldLinear<'a> {
         act: Option<Activation>,
         team: &Team,
     ) -> Result<(), ModelError> {
-        let w = self.weight.slice()?;
-        let k = w.len().checked_div(self.out).unwrap_or(0);
         let epi = Epilogue {
             bias: self.bias.as_ref().map(Held::slice).transpose()?,
             accumulate: residual,
             act,
         };
-        kernels::linear(x, rows, k, w, self.out, dst, epi, team)
+        match &self.weight {
+            HeldWeight::Panels(w) => {
+                let w = w.slice()?;
+                let k = w.len().checked_div(self.out).unwrap_or(0);
+                kernels::linear(x, rows, k, w, self.out, dst, epi, team)
+            }
+            HeldWeight::Low(w) => packed::linear(x, rows, w, dst, epi, team),
+        }
     }
 }
 

@@ -125,6 +125,9 @@ pub struct HealthResponse {
     pub message: String,
     /// ongi's version.
     pub version: String,
+    /// The model's precision, why it was chosen (the CPU features) and the
+    /// kernels it runs on, e.g. `bf16 (CPU has AMX bf16 tiles (…); kernel amx-bf16)`.
+    pub precision: String,
 }
 
 /// An error answer of the contract.

@@ -285,6 +285,7 @@ pub async fn health(State(app): State<Arc<AppState>>) -> Json<HealthResponse> {
             app.pipeline.source_public
         ),
         version: env!("CARGO_PKG_VERSION").into(),
+        precision: app.pipeline.precision.clone(),
     })
 }
 

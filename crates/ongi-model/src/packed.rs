@@ -1,0 +1,1256 @@
+//! Matrix products over weights packed at load: bf16 and int8 for the
+//! low-precision CPU forward, and f32 on CPUs whose best f32 kernel is ours
+//! (see [`f32_blocked_preferred`]).
+//!
+//! Only the linear layers' products run here; layer norm, softmax, GELU and
+//! the residual stream stay f32 (`vision_cpu.rs`).
+//!
+//! **Layout.** Weights are packed into blocks of [`NB`] output features,
+//! `[steps][NB]` 32-bit lanes each, so a kernel streams one block front to
+//! back. An f32 lane holds one value of `k`; a bf16 or int8 lane holds two
+//! (elements `k` and `k + 1`: bf16 bits, or an int8 value widened to i16),
+//! the operand layout of every pair-dot-product instruction the CPUs have:
+//! AMX `tdpbf16ps`, AVX512-BF16 `vdpbf16ps`, VNNI `vpdpwssd`, AVX2
+//! `vpmaddwd`. Activations are read in place at f32 and converted per call
+//! otherwise (`[rows][k/2]` lanes); for the 16-bit formats `k` is padded to
+//! a multiple of 32 (one AMX tile row) and rows to 16 (one tile's height).
+//!
+//! **int8** is symmetric: one scale per output feature for the weights, one
+//! per row for the activations (`max |x| / 127`, computed per call). The
+//! products are exact integer sums (|a·w| ≤ 127², no saturation at any
+//! depth a CLIP layer has), so every CPU computes the same int8 answers.
+//!
+//! **Blocking.** Each block is walked in passes of [`KC_STEPS`] lanes of
+//! `k` (16 KB of weights, which stay in L1 while every row tile of the batch
+//! uses them), accumulating into one `rows × NB` buffer that stays in L2.
+//!
+//! **Dispatch.** The kernels are hand-written because no maintained crate
+//! offers bf16/int8 pair products with run-time dispatch (`gemm` has f16 and
+//! f32 only). Each is picked at run time from [`CpuFeatures`], and before
+//! first use it must reproduce a naive product on a small problem; a kernel
+//! that fails that check is passed over (and reported) for the next one.
+
+use std::sync::OnceLock;
+
+use crate::cpu::CpuFeatures;
+use crate::error::ModelError;
+use crate::kernels::{self, Epilogue, SendPtr};
+use crate::team::{part, Team};
+
+/// Output features per packed weight block.
+pub(crate) const NB: usize = 32;
+/// Lanes of `k` per pass over a block (16 KB of weights).
+const KC_STEPS: usize = 128;
+/// The 16-bit formats pad rows to a multiple of this (the AMX kernel's
+/// tile height) and `k` to a multiple of 32 (one tile row).
+const ROW_STEP: usize = 16;
+
+/// The format of packed weights (and of the products' operands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    /// f32 operands and accumulation.
+    F32,
+    /// bfloat16 operands, f32 accumulation.
+    Bf16,
+    /// Symmetric int8 operands (per-feature weight scales, per-row activation
+    /// scales), exact i32 accumulation.
+    Int8,
+}
+
+impl WeightFormat {
+    /// Lower-case name (`f32`, `bf16`, `int8`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
+        }
+    }
+
+    /// Values of `k` per 32-bit lane.
+    fn per_lane(self) -> usize {
+        match self {
+            Self::F32 => 1,
+            Self::Bf16 | Self::Int8 => 2,
+        }
+    }
+
+    /// `k` padded as this format's kernels need it.
+    fn padded_k(self, k: usize) -> usize {
+        match self {
+            Self::F32 => k,
+            Self::Bf16 | Self::Int8 => k.div_ceil(32) * 32,
+        }
+    }
+}
+
+/// f32 → bf16 bits, rounding to nearest even (as PyTorch's `.to(bfloat16)`).
+#[inline(always)]
+fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16
+}
+
+/// `v / scale` rounded to the nearest integer in `[-127, 127]`, as i16 bits.
+#[inline(always)]
+fn int8_bits(v: f32, inv_scale: f32) -> u32 {
+    ((v * inv_scale).round_ties_even().clamp(-127.0, 127.0) as i16 as u16) as u32
+}
+
+/// The symmetric int8 scale of a row: `max |v| / 127` (1 for an all-zero row).
+fn int8_scale(row: &[f32]) -> f32 {
+    let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if max > 0.0 && max.is_finite() {
+        max / 127.0
+    } else {
+        1.0
+    }
+}
+
+/// A linear layer's weight, converted and packed at load (see the module
+/// documentation for the layout).
+pub(crate) struct PackedWeight {
+    pub(crate) kind: WeightFormat,
+    /// Output features.
+    pub(crate) out: usize,
+    /// Input features (unpadded).
+    pub(crate) k: usize,
+    /// `k` padded (see [`WeightFormat::padded_k`]).
+    kp: usize,
+    /// `[blocks][steps][NB]` lanes.
+    data: Vec<u32>,
+    /// int8: the weight scale of every output feature; bf16: empty.
+    scales: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeight({} [{}, {}])", self.kind.name(), self.out, self.k)
+    }
+}
+
+impl PackedWeight {
+    /// Converts and packs a row-major `[out, k]` f32 weight.
+    pub(crate) fn pack(w: &[f32], out: usize, k: usize, kind: WeightFormat) -> Self {
+        let kp = kind.padded_k(k);
+        let steps = kp / kind.per_lane();
+        let blocks = out.div_ceil(NB);
+        let scales: Vec<f32> = match kind {
+            WeightFormat::Int8 => w.chunks_exact(k.max(1)).map(int8_scale).collect(),
+            _ => Vec::new(),
+        };
+        let mut data = vec![0u32; blocks * steps * NB];
+        for (o, row) in w.chunks_exact(k.max(1)).take(out).enumerate() {
+            let (blk, lane) = (o / NB, o % NB);
+            let base = blk * steps * NB + lane;
+            let conv = |v: f32| match kind {
+                WeightFormat::Int8 => int8_bits(v, 1.0 / scales[o]),
+                _ => bf16_bits(v),
+            };
+            if kind == WeightFormat::F32 {
+                for (j, v) in row.iter().enumerate() {
+                    data[base + j * NB] = v.to_bits();
+                }
+                continue;
+            }
+            for (p, pair) in row.chunks(2).enumerate() {
+                let lo = conv(pair[0]);
+                let hi = pair.get(1).map_or(0, |&v| conv(v));
+                data[base + p * NB] = lo | (hi << 16);
+            }
+        }
+        Self {
+            kind,
+            out,
+            k,
+            kp,
+            data,
+            scales,
+        }
+    }
+}
+
+/// One call's activations, converted and packed (`[rows_p][kp/2]` lanes).
+struct PackedRows {
+    data: Vec<u32>,
+    /// int8: the scale of every row; bf16: empty.
+    scales: Vec<f32>,
+    /// Lanes per row.
+    lda: usize,
+}
+
+fn pack_rows(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    kp: usize,
+    kind: WeightFormat,
+    team: &Team,
+) -> Result<PackedRows, ModelError> {
+    let rows_p = rows.div_ceil(ROW_STEP) * ROW_STEP;
+    let lda = kp / 2;
+    let mut data = vec![0u32; rows_p * lda];
+    let scales: Vec<f32> = match kind {
+        WeightFormat::Int8 => x.chunks_exact(k.max(1)).map(int8_scale).collect(),
+        _ => Vec::new(),
+    };
+    let ptr = SendPtr(data.as_mut_ptr().cast());
+    team.run(|share| {
+        for r in part(rows, share, team.threads()) {
+            // SAFETY: row r of `data` (rows_p × lda lanes) belongs to this
+            // share alone, and `data` outlives the pass.
+            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.get().cast::<u32>().add(r * lda), lda) };
+            let src = &x[r * k..(r + 1) * k];
+            match kind {
+                WeightFormat::Int8 => pack_row_int8(src, dst, 1.0 / scales[r]),
+                _ => pack_row_bf16(src, dst),
+            }
+        }
+    })?;
+    Ok(PackedRows { data, scales, lda })
+}
+
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn pack_row_bf16(src: &[f32], dst: &mut [u32]) {
+    let mut pairs = src.chunks_exact(2);
+    for (d, p) in dst.iter_mut().zip(&mut pairs) {
+        *d = bf16_bits(p[0]) | (bf16_bits(p[1]) << 16);
+    }
+    if let [last] = pairs.remainder() {
+        dst[src.len() / 2] = bf16_bits(*last);
+    }
+}
+
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn pack_row_int8(src: &[f32], dst: &mut [u32], inv_scale: f32) {
+    let mut pairs = src.chunks_exact(2);
+    for (d, p) in dst.iter_mut().zip(&mut pairs) {
+        *d = int8_bits(p[0], inv_scale) | (int8_bits(p[1], inv_scale) << 16);
+    }
+    if let [last] = pairs.remainder() {
+        dst[src.len() / 2] = int8_bits(*last, inv_scale);
+    }
+}
+
+/// A micro-kernel: `c[0..mr][0..NB] (+)= a[0..mr] · b` over `steps` lanes
+/// of `k`, `a` rows `lda` lanes apart, `b` one block's lanes (`NB` per
+/// step), `c` rows `NB` apart; `load_c` adds to `c` instead of overwriting
+/// it. The f32 and bf16 kernels write f32, the int8 kernels i32.
+///
+/// # Safety
+/// `a` must hold `mr` rows (16 for the AMX kernel) of `steps` lanes, `b`
+/// `steps × NB` lanes, `c` `mr` (AMX: 16) rows of `NB`; for the 16-bit
+/// formats `steps` must be a multiple of 16; the CPU must have the kernel's
+/// features.
+type MicroKernel =
+    unsafe fn(a: *const u32, lda: usize, b: *const u32, steps: usize, c: *mut u32, load_c: bool, mr: usize);
+
+/// One micro-kernel and what it needs.
+pub struct Kernel {
+    /// Name in logs and test output (`avx512-bf16`, `avx2-int8`, …).
+    pub name: &'static str,
+    /// The precision it computes.
+    pub kind: WeightFormat,
+    /// The CPU features it needs, as `/proc/cpuinfo` spells them.
+    pub needs: &'static str,
+    /// Rows per call.
+    mr: usize,
+    available: fn(&CpuFeatures) -> bool,
+    run: MicroKernel,
+}
+
+impl Kernel {
+    /// Whether this CPU has what the kernel needs.
+    pub fn available(&self) -> bool {
+        (self.available)(&CpuFeatures::get())
+    }
+}
+
+/// Every kernel, fastest first within each precision; the portable ones
+/// last, so selection always ends on something.
+pub static KERNELS: &[Kernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    Kernel {
+        name: "avx2-f32",
+        kind: WeightFormat::F32,
+        needs: "avx2 fma",
+        mr: 6,
+        available: |f| f.avx2_fma,
+        run: x86::avx2_f32,
+    },
+    Kernel {
+        name: "portable-f32",
+        kind: WeightFormat::F32,
+        needs: "",
+        mr: 4,
+        available: |_| true,
+        run: portable_f32,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Kernel {
+        name: "amx-bf16",
+        kind: WeightFormat::Bf16,
+        needs: "amx_tile amx_bf16",
+        mr: 16,
+        available: |f| f.amx_bf16,
+        run: x86::amx_bf16,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Kernel {
+        name: "avx512-bf16",
+        kind: WeightFormat::Bf16,
+        needs: "avx512f avx512bw avx512vl avx512_bf16",
+        mr: 8,
+        available: |f| f.avx512_bf16,
+        run: x86::avx512_bf16,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Kernel {
+        name: "avx2-bf16",
+        kind: WeightFormat::Bf16,
+        needs: "avx2 fma",
+        mr: 4,
+        available: |f| f.avx2_fma,
+        run: x86::avx2_bf16,
+    },
+    Kernel {
+        name: "portable-bf16",
+        kind: WeightFormat::Bf16,
+        needs: "",
+        mr: 4,
+        available: |_| true,
+        run: portable_bf16,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Kernel {
+        name: "avx512-vnni-int8",
+        kind: WeightFormat::Int8,
+        needs: "avx512f avx512bw avx512vl avx512_vnni",
+        mr: 8,
+        available: |f| f.avx512_vnni,
+        run: x86::avx512_vnni_int8,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Kernel {
+        name: "avx-vnni-int8",
+        kind: WeightFormat::Int8,
+        needs: "avx2 avx_vnni",
+        mr: 4,
+        available: |f| f.avx_vnni,
+        run: x86::avx_vnni_int8,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Kernel {
+        name: "avx2-int8",
+        kind: WeightFormat::Int8,
+        needs: "avx2 fma",
+        mr: 4,
+        available: |f| f.avx2_fma,
+        run: x86::avx2_int8,
+    },
+    Kernel {
+        name: "portable-int8",
+        kind: WeightFormat::Int8,
+        needs: "",
+        mr: 4,
+        available: |_| true,
+        run: portable_int8,
+    },
+];
+
+/// The kernel a precision runs on this CPU, and the faster ones passed over.
+#[derive(Debug, Clone)]
+pub struct KernelChoice {
+    /// The kernel in use.
+    pub name: &'static str,
+    /// Kernels this CPU has but that failed their check, with the reason.
+    pub rejected: Vec<(&'static str, String)>,
+}
+
+static CHOICES: [OnceLock<(usize, KernelChoice)>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+
+/// The kernel `kind` runs on this CPU (chosen and checked on first use).
+pub fn kernel_choice(kind: WeightFormat) -> KernelChoice {
+    chosen(kind).1.clone()
+}
+
+fn chosen(kind: WeightFormat) -> &'static (usize, KernelChoice) {
+    let slot = &CHOICES[kind as usize];
+    slot.get_or_init(|| {
+        let mut rejected = Vec::new();
+        for (i, k) in KERNELS.iter().enumerate() {
+            if k.kind != kind || !k.available() {
+                continue;
+            }
+            match self_check(k) {
+                Ok(()) => {
+                    return (
+                        i,
+                        KernelChoice {
+                            name: k.name,
+                            rejected,
+                        },
+                    )
+                }
+                Err(why) => rejected.push((k.name, why)),
+            }
+        }
+        // The portable kernels are always available; reaching here means
+        // even they failed, which the unit tests rule out. Use the last one.
+        let last = KERNELS.iter().rposition(|k| k.kind == kind).unwrap_or(0);
+        (
+            last,
+            KernelChoice {
+                name: KERNELS[last].name,
+                rejected,
+            },
+        )
+    })
+}
+
+/// Runs `k` on a small problem with a ragged last block, a second `k` pass
+/// and a partial row tile, against the naive product of the same converted
+/// operands.
+fn self_check(k: &Kernel) -> Result<(), String> {
+    let (rows, depth, out) = (19, 2 * KC_STEPS + 69, 2 * NB + 7);
+    let x = test_values(rows * depth, 11);
+    let w = test_values(out * depth, 12);
+    let packed = PackedWeight::pack(&w, out, depth, k.kind);
+    let team = Team::new(1).map_err(|e| e.to_string())?;
+    let mut got = vec![0.0f32; rows * out];
+    linear_with(k, &x, rows, &packed, &mut got, Epilogue::default(), &team)
+        .map_err(|e| e.to_string())?;
+    let want = reference(&x, rows, depth, &w, out, k.kind);
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| ((*g as f64) - w).abs() / (1.0 + w.abs()))
+        .fold(0.0f64, f64::max);
+    if worst.is_finite() && worst < 1e-4 {
+        Ok(())
+    } else {
+        Err(format!("differs from the naive product by {worst:e}"))
+    }
+}
+
+/// Deterministic values in [-1, 1) with a few larger ones, for checks.
+pub(crate) fn test_values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let h = (i as u32 ^ seed.wrapping_mul(0x9e37_79b9))
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(13);
+            let v = (h % 2000) as f32 / 1000.0 - 1.0;
+            if h % 97 == 0 {
+                v * 6.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// The product a kernel must reproduce: operands converted exactly as
+/// [`linear`] converts them, multiplied and summed in f64.
+pub(crate) fn reference(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    out: usize,
+    kind: WeightFormat,
+) -> Vec<f64> {
+    let conv = |v: &[f32]| -> (Vec<f64>, f64) {
+        match kind {
+            WeightFormat::F32 => (v.iter().map(|&x| x as f64).collect(), 1.0),
+            WeightFormat::Bf16 => (
+                v.iter()
+                    .map(|&x| f32::from_bits(bf16_bits(x) << 16) as f64)
+                    .collect(),
+                1.0,
+            ),
+            WeightFormat::Int8 => {
+                let s = int8_scale(v);
+                (
+                    v.iter()
+                        .map(|&x| int8_bits(x, 1.0 / s) as u16 as i16 as f64)
+                        .collect(),
+                    s as f64,
+                )
+            }
+        }
+    };
+    let xs: Vec<_> = x.chunks_exact(k).map(conv).collect();
+    let ws: Vec<_> = w.chunks_exact(k).map(conv).collect();
+    let mut y = vec![0.0f64; rows * out];
+    for (r, (xr, sx)) in xs.iter().enumerate() {
+        for (o, (wo, sw)) in ws.iter().enumerate() {
+            let dot: f64 = xr.iter().zip(wo).map(|(a, b)| a * b).sum();
+            y[r * out + o] = dot * sx * sw;
+        }
+    }
+    y
+}
+
+/// `dst[rows, out] = act(x[rows, k] · Wᵀ + bias)` or `dst += x · Wᵀ + bias`
+/// with `W` packed at low precision, on the kernel this CPU runs best.
+pub(crate) fn linear(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeight,
+    dst: &mut [f32],
+    epi: Epilogue<'_>,
+    team: &Team,
+) -> Result<(), ModelError> {
+    let (i, _) = chosen(w.kind);
+    linear_with(&KERNELS[*i], x, rows, w, dst, epi, team)
+}
+
+/// [`linear`] on a given kernel.
+pub(crate) fn linear_with(
+    kernel: &Kernel,
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeight,
+    dst: &mut [f32],
+    epi: Epilogue<'_>,
+    team: &Team,
+) -> Result<(), ModelError> {
+    let (k, out) = (w.k, w.out);
+    if kernel.kind != w.kind
+        || x.len() != rows * k
+        || dst.len() != rows * out
+        || epi.bias.is_some_and(|b| b.len() != out)
+        || (epi.accumulate && epi.act.is_some())
+    {
+        return Err(ModelError::Internal(
+            "packed linear operands do not match".into(),
+        ));
+    }
+    if rows == 0 || out == 0 {
+        return Ok(());
+    }
+    if !kernel.available() {
+        return Err(ModelError::Internal(format!(
+            "kernel {} needs {}, which this CPU lacks",
+            kernel.name, kernel.needs
+        )));
+    }
+    // f32 activations are read in place; the 16-bit formats convert them.
+    let converted;
+    let (a, lda, a_scales, rows_p): (&[u32], usize, &[f32], usize) = if w.kind == WeightFormat::F32 {
+        (bytemuck::cast_slice(x), k, &[], rows)
+    } else {
+        converted = pack_rows(x, rows, k, w.kp, w.kind, team)?;
+        let rows_p = converted.data.len() / converted.lda.max(1);
+        (&converted.data, converted.lda, &converted.scales, rows_p)
+    };
+    let steps = w.kp / w.kind.per_lane();
+    let blocks = out.div_ceil(NB);
+    let dst_ptr = SendPtr(dst.as_mut_ptr());
+    team.run(|share| {
+        // Accumulators of one block for every row: `rows_p × NB` f32 or i32.
+        let mut acc = vec![0u32; rows_p * NB];
+        for blk in part(blocks, share, team.threads()) {
+            let b = &w.data[blk * steps * NB..(blk + 1) * steps * NB];
+            let mut s0 = 0;
+            while s0 < steps {
+                let sc = KC_STEPS.min(steps - s0);
+                let mut r0 = 0;
+                while r0 < rows {
+                    let mr = kernel.mr.min(rows - r0);
+                    // SAFETY: `a` holds rows_p rows of lda ≥ steps lanes (the
+                    // 16-bit formats pad rows to 16, and only the AMX kernel,
+                    // 16 rows per call, reads past `mr`); the call reads lanes
+                    // s0..s0 + sc of rows r0..r0 + mr. `b` is this block's
+                    // steps × NB lanes, read from step s0; `acc` holds rows_p ×
+                    // NB. For the 16-bit formats steps and KC_STEPS are
+                    // multiples of 16, so sc is. `kernel.available()` was
+                    // checked above.
+                    unsafe {
+                        (kernel.run)(
+                            a.as_ptr().add(r0 * lda + s0),
+                            lda,
+                            b.as_ptr().add(s0 * NB),
+                            sc,
+                            acc.as_mut_ptr().add(r0 * NB),
+                            s0 > 0,
+                            mr,
+                        );
+                    }
+                    r0 += kernel.mr;
+                }
+                s0 += sc;
+            }
+            let first = blk * NB;
+            let width = NB.min(out - first);
+            let bias = epi.bias.map(|b| &b[first..first + width]);
+            for r in 0..rows {
+                // SAFETY: row r's columns first..first + width of `dst` lie
+                // inside the rows × out buffer checked above and belong to
+                // this block's share alone.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(dst_ptr.get().add(r * out + first), width)
+                };
+                let tile = &acc[r * NB..r * NB + width];
+                let value = |j: usize| match w.kind {
+                    WeightFormat::Int8 => tile[j] as i32 as f32 * a_scales[r] * w.scales[first + j],
+                    WeightFormat::F32 | WeightFormat::Bf16 => f32::from_bits(tile[j]),
+                };
+                if epi.accumulate {
+                    for (j, d) in row.iter_mut().enumerate() {
+                        *d += value(j);
+                    }
+                    if let Some(b) = bias {
+                        kernels::add_row(row, b);
+                    }
+                } else {
+                    for (j, d) in row.iter_mut().enumerate() {
+                        *d = value(j);
+                    }
+                    if bias.is_some() || epi.act.is_some() {
+                        kernels::bias_activation_row(row, bias, epi.act);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Whether f32 products should run on this module's blocked kernels rather
+/// than `gemm`'s: on CPUs with AVX2 but not AVX-512. There gemm's AVX2
+/// kernels over panel-packed weights reached ~60 % of the FMA peak and
+/// ONNX Runtime ran 1.2–1.5× faster; on AVX-512 CPUs gemm's kernels are kept
+/// (measured ≥ 1.0× ONNX Runtime on Zen 4).
+pub fn f32_blocked_preferred() -> bool {
+    let f = CpuFeatures::get();
+    f.avx2_fma && !f.avx512
+}
+
+/// Portable f32.
+unsafe fn portable_f32(
+    a: *const u32,
+    lda: usize,
+    b: *const u32,
+    steps: usize,
+    c: *mut u32,
+    load_c: bool,
+    mr: usize,
+) {
+    for r in 0..mr {
+        let mut acc = [0.0f32; NB];
+        if load_c {
+            for (j, v) in acc.iter_mut().enumerate() {
+                *v = f32::from_bits(*c.add(r * NB + j));
+            }
+        }
+        for p in 0..steps {
+            let x = f32::from_bits(*a.add(r * lda + p));
+            for (j, v) in acc.iter_mut().enumerate() {
+                *v += x * f32::from_bits(*b.add(p * NB + j));
+            }
+        }
+        for (j, v) in acc.iter().enumerate() {
+            *c.add(r * NB + j) = v.to_bits();
+        }
+    }
+}
+
+/// Portable bf16: widens both halves to f32 and multiplies in f32.
+unsafe fn portable_bf16(
+    a: *const u32,
+    lda: usize,
+    b: *const u32,
+    pairs: usize,
+    c: *mut u32,
+    load_c: bool,
+    mr: usize,
+) {
+    for r in 0..mr {
+        let mut acc = [0.0f32; NB];
+        if load_c {
+            for (j, v) in acc.iter_mut().enumerate() {
+                *v = f32::from_bits(*c.add(r * NB + j));
+            }
+        }
+        for p in 0..pairs {
+            let x = *a.add(r * lda + p);
+            let (xl, xh) = (f32::from_bits(x << 16), f32::from_bits(x & 0xffff_0000));
+            for (j, v) in acc.iter_mut().enumerate() {
+                let wv = *b.add(p * NB + j);
+                *v += xl * f32::from_bits(wv << 16) + xh * f32::from_bits(wv & 0xffff_0000);
+            }
+        }
+        for (j, v) in acc.iter().enumerate() {
+            *c.add(r * NB + j) = v.to_bits();
+        }
+    }
+}
+
+/// Portable int8: i16 pair products summed in i32.
+unsafe fn portable_int8(
+    a: *const u32,
+    lda: usize,
+    b: *const u32,
+    pairs: usize,
+    c: *mut u32,
+    load_c: bool,
+    mr: usize,
+) {
+    let lo = |v: u32| v as u16 as i16 as i32;
+    let hi = |v: u32| (v >> 16) as u16 as i16 as i32;
+    for r in 0..mr {
+        let mut acc = [0i32; NB];
+        if load_c {
+            for (j, v) in acc.iter_mut().enumerate() {
+                *v = *c.add(r * NB + j) as i32;
+            }
+        }
+        for p in 0..pairs {
+            let x = *a.add(r * lda + p);
+            for (j, v) in acc.iter_mut().enumerate() {
+                let wv = *b.add(p * NB + j);
+                *v += lo(x) * lo(wv) + hi(x) * hi(wv);
+            }
+        }
+        for (j, v) in acc.iter().enumerate() {
+            *c.add(r * NB + j) = *v as u32;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The x86 micro-kernels. Each keeps `MR × NB` accumulators in registers
+    //! and broadcasts one activation lane (a pair) per row and step.
+
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    use super::NB;
+
+    /// Expands to a `match mr` over the const-generic row counts 1..=N.
+    macro_rules! by_rows {
+        ($f:ident, $mr:expr, $args:tt ; $($n:literal)*) => {
+            match $mr {
+                $($n => $f::<$n> $args,)*
+                _ => {}
+            }
+        };
+    }
+
+    /// AVX2 f32: 6 rows × 16 columns of accumulators (12 of the 16 vector
+    /// registers), two weight vectors and one broadcast per step: 12 FMAs to
+    /// 8 loads, so the FMA units, not the loads, bound it.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2_f32(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        steps: usize,
+        c: *mut u32,
+        load_c: bool,
+        mr: usize,
+    ) {
+        for half in 0..2 {
+            let (b, c) = (b.add(half * 16), c.add(half * 16));
+            by_rows!(avx2_f32_rows, mr, (a, lda, b, steps, c, load_c); 1 2 3 4 5 6);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn avx2_f32_rows<const MR: usize>(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        steps: usize,
+        c: *mut u32,
+        load_c: bool,
+    ) {
+        let a = a.cast::<f32>();
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        if load_c {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm256_loadu_ps(c.add(r * NB).cast());
+                acc[1] = _mm256_loadu_ps(c.add(r * NB + 8).cast());
+            }
+        }
+        for p in 0..steps {
+            let w0 = _mm256_loadu_ps(b.add(p * NB).cast());
+            let w1 = _mm256_loadu_ps(b.add(p * NB + 8).cast());
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a.add(r * lda + p));
+                acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(c.add(r * NB).cast(), acc[0]);
+            _mm256_storeu_ps(c.add(r * NB + 8).cast(), acc[1]);
+        }
+    }
+
+    /// AVX2 bf16: both halves of each lane widened to f32 (a shift and a
+    /// mask), two FMAs per lane. No faster than f32 in arithmetic, but half
+    /// the weight bytes; for CPUs without native bf16 that are asked for it.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2_bf16(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        pairs: usize,
+        c: *mut u32,
+        load_c: bool,
+        mr: usize,
+    ) {
+        for half in 0..2 {
+            let (b, c) = (b.add(half * 16), c.add(half * 16));
+            by_rows!(avx2_bf16_rows, mr, (a, lda, b, pairs, c, load_c); 1 2 3 4);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn avx2_bf16_rows<const MR: usize>(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        pairs: usize,
+        c: *mut u32,
+        load_c: bool,
+    ) {
+        let mask = _mm256_set1_epi32(0xffff_0000u32 as i32);
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        if load_c {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm256_loadu_ps(c.add(r * NB).cast());
+                acc[1] = _mm256_loadu_ps(c.add(r * NB + 8).cast());
+            }
+        }
+        for p in 0..pairs {
+            let w0 = _mm256_loadu_si256(b.add(p * NB).cast());
+            let w1 = _mm256_loadu_si256(b.add(p * NB + 8).cast());
+            let w0l = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w0));
+            let w0h = _mm256_castsi256_ps(_mm256_and_si256(w0, mask));
+            let w1l = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w1));
+            let w1h = _mm256_castsi256_ps(_mm256_and_si256(w1, mask));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = *a.add(r * lda + p);
+                let xl = _mm256_set1_ps(f32::from_bits(x << 16));
+                let xh = _mm256_set1_ps(f32::from_bits(x & 0xffff_0000));
+                acc[0] = _mm256_fmadd_ps(xl, w0l, acc[0]);
+                acc[1] = _mm256_fmadd_ps(xl, w1l, acc[1]);
+                acc[0] = _mm256_fmadd_ps(xh, w0h, acc[0]);
+                acc[1] = _mm256_fmadd_ps(xh, w1h, acc[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(c.add(r * NB).cast(), acc[0]);
+            _mm256_storeu_ps(c.add(r * NB + 8).cast(), acc[1]);
+        }
+    }
+
+    /// AVX2 int8: `vpmaddwd` multiplies the i16 pairs and sums each pair
+    /// into i32 (16 products per instruction, twice an f32 FMA's 8).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2_int8(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        pairs: usize,
+        c: *mut u32,
+        load_c: bool,
+        mr: usize,
+    ) {
+        for half in 0..2 {
+            let (b, c) = (b.add(half * 16), c.add(half * 16));
+            by_rows!(avx2_int8_rows, mr, (a, lda, b, pairs, c, load_c); 1 2 3 4);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn avx2_int8_rows<const MR: usize>(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        pairs: usize,
+        c: *mut u32,
+        load_c: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+        if load_c {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm256_loadu_si256(c.add(r * NB).cast());
+                acc[1] = _mm256_loadu_si256(c.add(r * NB + 8).cast());
+            }
+        }
+        for p in 0..pairs {
+            let w0 = _mm256_loadu_si256(b.add(p * NB).cast());
+            let w1 = _mm256_loadu_si256(b.add(p * NB + 8).cast());
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_set1_epi32(*a.add(r * lda + p) as i32);
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(x, w0));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(x, w1));
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm256_storeu_si256(c.add(r * NB).cast(), acc[0]);
+            _mm256_storeu_si256(c.add(r * NB + 8).cast(), acc[1]);
+        }
+    }
+
+    /// AVX-VNNI int8: `vpdpwssd` fuses the pair product and the add.
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    pub(super) unsafe fn avx_vnni_int8(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        pairs: usize,
+        c: *mut u32,
+        load_c: bool,
+        mr: usize,
+    ) {
+        for half in 0..2 {
+            let (b, c) = (b.add(half * 16), c.add(half * 16));
+            by_rows!(avx_vnni_int8_rows, mr, (a, lda, b, pairs, c, load_c); 1 2 3 4);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    #[inline]
+    unsafe fn avx_vnni_int8_rows<const MR: usize>(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        pairs: usize,
+        c: *mut u32,
+        load_c: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+        if load_c {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm256_loadu_si256(c.add(r * NB).cast());
+                acc[1] = _mm256_loadu_si256(c.add(r * NB + 8).cast());
+            }
+        }
+        for p in 0..pairs {
+            let w0 = _mm256_loadu_si256(b.add(p * NB).cast());
+            let w1 = _mm256_loadu_si256(b.add(p * NB + 8).cast());
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_set1_epi32(*a.add(r * lda + p) as i32);
+                acc[0] = _mm256_dpwssd_avx_epi32(acc[0], x, w0);
+                acc[1] = _mm256_dpwssd_avx_epi32(acc[1], x, w1);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm256_storeu_si256(c.add(r * NB).cast(), acc[0]);
+            _mm256_storeu_si256(c.add(r * NB + 8).cast(), acc[1]);
+        }
+    }
+
+    /// AVX512-BF16: `vdpbf16ps`, 32 products per instruction.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn avx512_bf16(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        pairs: usize,
+        c: *mut u32,
+        load_c: bool,
+        mr: usize,
+    ) {
+        by_rows!(avx512_bf16_rows, mr, (a, lda, b, pairs, c, load_c); 1 2 3 4 5 6 7 8);
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    #[inline]
+    unsafe fn avx512_bf16_rows<const MR: usize>(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        pairs: usize,
+        c: *mut u32,
+        load_c: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        if load_c {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm512_loadu_ps(c.add(r * NB).cast());
+                acc[1] = _mm512_loadu_ps(c.add(r * NB + 16).cast());
+            }
+        }
+        for p in 0..pairs {
+            let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NB).cast()));
+            let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NB + 16).cast()));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + p) as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], x, w0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], x, w1);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(r * NB).cast(), acc[0]);
+            _mm512_storeu_ps(c.add(r * NB + 16).cast(), acc[1]);
+        }
+    }
+
+    /// AVX512-VNNI int8: `vpdpwssd` on 512-bit vectors.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn avx512_vnni_int8(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        pairs: usize,
+        c: *mut u32,
+        load_c: bool,
+        mr: usize,
+    ) {
+        by_rows!(avx512_vnni_int8_rows, mr, (a, lda, b, pairs, c, load_c); 1 2 3 4 5 6 7 8);
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn avx512_vnni_int8_rows<const MR: usize>(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        pairs: usize,
+        c: *mut u32,
+        load_c: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_si512(); 2]; MR];
+        if load_c {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm512_loadu_si512(c.add(r * NB).cast());
+                acc[1] = _mm512_loadu_si512(c.add(r * NB + 16).cast());
+            }
+        }
+        for p in 0..pairs {
+            let w0 = _mm512_loadu_si512(b.add(p * NB).cast());
+            let w1 = _mm512_loadu_si512(b.add(p * NB + 16).cast());
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_epi32(*a.add(r * lda + p) as i32);
+                acc[0] = _mm512_dpwssd_epi32(acc[0], x, w0);
+                acc[1] = _mm512_dpwssd_epi32(acc[1], x, w1);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_storeu_si512(c.add(r * NB).cast(), acc[0]);
+            _mm512_storeu_si512(c.add(r * NB + 16).cast(), acc[1]);
+        }
+    }
+
+    /// The tile shapes of [`amx_bf16`]: tmm0/tmm1 the 16 × 16 f32
+    /// accumulators of the block's two column halves, tmm4 16 activation rows
+    /// of 32 bf16, tmm6/tmm7 16 weight lane-rows of 16 columns. Every tile is
+    /// 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    const fn tile_config() -> TileConfig {
+        let mut c = [0u8; 64];
+        c[0] = 1; // palette 1
+        let tiles = [0usize, 1, 4, 6, 7];
+        let mut i = 0;
+        while i < tiles.len() {
+            let t = tiles[i];
+            c[16 + 2 * t] = 64; // bytes per row (u16, little endian)
+            c[48 + t] = 16; // rows
+            i += 1;
+        }
+        TileConfig(c)
+    }
+
+    static TILES: TileConfig = tile_config();
+
+    /// AMX bf16: `tdpbf16ps` multiplies a 16 × 32 activation tile by a
+    /// 32 × 16 weight tile (512 products per row, 8192 per instruction).
+    /// Always computes 16 rows (`mr` is ignored; the caller pads rows to 16).
+    /// Tile registers are not known to the compiler, so they keep their
+    /// contents between the `asm!` blocks below; nothing else in the
+    /// process uses them.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn amx_bf16(
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        pairs: usize,
+        c: *mut u32,
+        load_c: bool,
+        _mr: usize,
+    ) {
+        let stride_a = lda * 4;
+        let stride_bc = NB * 4;
+        let c_hi = c.add(16);
+        asm!("ldtilecfg [{cfg}]", cfg = in(reg) TILES.0.as_ptr(), options(nostack, readonly));
+        if load_c {
+            asm!(
+                "tileloadd tmm0, [{c} + {s}*1]",
+                "tileloadd tmm1, [{c1} + {s}*1]",
+                c = in(reg) c, c1 = in(reg) c_hi, s = in(reg) stride_bc,
+                options(nostack, readonly)
+            );
+        } else {
+            asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+        }
+        let mut p = 0;
+        while p < pairs {
+            asm!(
+                "tileloadd tmm4, [{a} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                a = in(reg) a.add(p),
+                sa = in(reg) stride_a,
+                b0 = in(reg) b.add(p * NB),
+                b1 = in(reg) b.add(p * NB + 16),
+                sb = in(reg) stride_bc,
+                options(nostack, readonly)
+            );
+            p += 16;
+        }
+        asm!(
+            "tilestored [{c} + {s}*1], tmm0",
+            "tilestored [{c1} + {s}*1], tmm1",
+            "tilerelease",
+            c = in(reg) c, c1 = in(reg) c_hi, s = in(reg) stride_bc,
+            options(nostack)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel against the naive product of the same converted operands,
+    /// on every shape class the driver produces (ragged last block, several
+    /// `k` passes, partial row tiles, padding of `k`), threads 1 to 3, with
+    /// bias + activation and accumulation. A kernel this CPU lacks is named
+    /// as skipped; the portable ones always run.
+    #[test]
+    fn every_kernel_matches_the_naive_product() {
+        let mut ran = 0;
+        for kernel in KERNELS {
+            if !kernel.available() {
+                println!("SKIPPED {}: this CPU lacks {}", kernel.name, kernel.needs);
+                continue;
+            }
+            for (rows, k, out) in [(1, 32, 32), (19, 600, 71), (50, 37, 33), (33, 4 * KC_STEPS, 64)] {
+                let x = test_values(rows * k, rows as u32);
+                let w = test_values(out * k, k as u32);
+                let bias = test_values(out, 3);
+                let packed = PackedWeight::pack(&w, out, k, kernel.kind);
+                let want = reference(&x, rows, k, &w, out, kernel.kind);
+                for threads in [1, 2, 3] {
+                    let team = Team::new(threads).unwrap();
+                    let mut y = vec![0.0f32; rows * out];
+                    linear_with(kernel, &x, rows, &packed, &mut y, Epilogue::default(), &team)
+                        .unwrap();
+                    for (i, (g, w)) in y.iter().zip(&want).enumerate() {
+                        let err = (*g as f64 - w).abs() / (1.0 + w.abs());
+                        assert!(
+                            err < 1e-4,
+                            "{} {rows}x{k}x{out} {threads}t [{i}]: {g} vs {w}",
+                            kernel.name
+                        );
+                    }
+                    // dst += x·Wᵀ + bias
+                    let mut acc = vec![1.0f32; rows * out];
+                    let epi = Epilogue {
+                        bias: Some(&bias),
+                        accumulate: true,
+                        act: None,
+                    };
+                    linear_with(kernel, &x, rows, &packed, &mut acc, epi, &team).unwrap();
+                    for (i, (g, w)) in acc.iter().zip(&want).enumerate() {
+                        let w = w + 1.0 + bias[i % out] as f64;
+                        assert!((*g as f64 - w).abs() < 1e-3 * (1.0 + w.abs()), "{}", kernel.name);
+                    }
+                }
+            }
+            println!("ran {}", kernel.name);
+            ran += 1;
+        }
+        assert!(ran >= 2, "at least the two portable kernels run everywhere");
+    }
+
+    /// The conversion itself is close to f32: bf16 keeps ~3 significant
+    /// digits, int8 with per-row and per-feature scales ~2.
+    #[test]
+    fn low_precision_products_stay_close_to_f32() {
+        let (rows, k, out) = (24, 768, 96);
+        let x = test_values(rows * k, 5);
+        let w = test_values(out * k, 6);
+        let exact: Vec<f64> = (0..rows * out)
+            .map(|i| {
+                let (r, o) = (i / out, i % out);
+                (0..k).map(|j| x[r * k + j] as f64 * w[o * k + j] as f64).sum()
+            })
+            .collect();
+        let norm = (exact.iter().map(|v| v * v).sum::<f64>() / exact.len() as f64).sqrt();
+        for (kind, bar) in [(WeightFormat::F32, 1e-6), (WeightFormat::Bf16, 0.01), (WeightFormat::Int8, 0.05)] {
+            let packed = PackedWeight::pack(&w, out, k, kind);
+            let mut y = vec![0.0f32; rows * out];
+            linear(&x, rows, &packed, &mut y, Epilogue::default(), &Team::new(2).unwrap()).unwrap();
+            let rms = (y.iter().zip(&exact).map(|(g, e)| (*g as f64 - e).powi(2)).sum::<f64>()
+                / exact.len() as f64)
+                .sqrt();
+            println!("{}: rms error {:.5} of rms {norm:.3}", kind.name(), rms);
+            assert!(rms < bar * norm, "{}: {rms} vs {norm}", kind.name());
+        }
+    }
+
+    #[test]
+    fn selection_picks_an_available_kernel_and_reports_it() {
+        for kind in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+            let choice = kernel_choice(kind);
+            let k = KERNELS.iter().find(|k| k.name == choice.name).unwrap();
+            assert!(k.available() && k.kind == kind);
+            assert!(choice.rejected.is_empty(), "{:?}", choice.rejected);
+            // Nothing faster that this CPU has was passed over.
+            let first = KERNELS.iter().find(|k| k.kind == kind && k.available()).unwrap();
+            assert_eq!(first.name, choice.name);
+            println!("{}: {}", kind.name(), choice.name);
+        }
+    }
+
+    #[test]
+    fn a_kernel_the_cpu_lacks_is_refused_not_run() {
+        let missing = KERNELS.iter().filter(|k| !k.available()).collect::<Vec<_>>();
+        if missing.is_empty() {
+            println!("SKIPPED: this CPU has every kernel's features; nothing to refuse");
+            return;
+        }
+        for kernel in missing {
+            let packed = PackedWeight::pack(&[0.5; 64], 2, 32, kernel.kind);
+            let mut y = vec![0.0; 2];
+            let err = linear_with(kernel, &[1.0; 32], 1, &packed, &mut y, Epilogue::default(), &Team::new(1).unwrap())
+                .unwrap_err();
+            assert!(err.to_string().contains(kernel.needs), "{err}");
+            println!("refused {}: {err}", kernel.name);
+        }
+    }
+
+    #[test]
+    fn packing_rounds_and_scales_as_documented() {
+        // bf16: round to nearest even.
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        assert_eq!(bf16_bits(f32::from_bits(0x3f80_8000)), 0x3f80); // tie → even
+        assert_eq!(bf16_bits(f32::from_bits(0x3f81_8000)), 0x3f82); // tie → even
+        assert_eq!(bf16_bits(f32::from_bits(0x3f80_8001)), 0x3f81);
+        // int8: symmetric per row, the largest magnitude maps to ±127.
+        let w = [0.5, -1.0, 0.25, 0.0, 2.0, 1.0];
+        let p = PackedWeight::pack(&w, 2, 3, WeightFormat::Int8);
+        assert_eq!(p.scales, vec![1.0 / 127.0, 2.0 / 127.0]);
+        let lane = |v: u32| (v as u16 as i16, (v >> 16) as u16 as i16);
+        assert_eq!(lane(p.data[0]), (64, -127)); // 63.5 rounds to even
+        assert_eq!(lane(p.data[NB]), (32, 0));
+        assert_eq!(lane(p.data[1]), (0, 127));
+        assert_eq!(lane(p.data[NB + 1]), (64, 0));
+        assert_eq!(p.data.len(), (32 / 2) * NB);
+    }
+}
