@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Compare ongi's CLIP image tower and preprocessing with PyTorch, ONNX Runtime
-# and the Python (PIL + transformers) reference pipeline, in one run, as ratios.
+# Compare ongi's CLIP image tower (f32, bf16, int8 and the `auto` default) with
+# PyTorch (f32, bf16 autocast), ONNX Runtime (f32, dynamic int8) and OpenVINO
+# (f32, bf16), each with its cosine to PyTorch f32, and preprocessing with the
+# Python (PIL + transformers) reference pipeline, in one run, as ratios.
 #
 #   bench/compare_peers.sh [--batch-sizes 1,16] [--threads 1,2] [--images 32]
 #                          [--preprocess-images 8] [--rounds 3] [--no-preprocess]
@@ -64,7 +66,7 @@ log() { echo "[compare_peers] $*" >&2; }
 
 # --- 1. Python venv with the pinned peers ----------------------------------
 PY=$VENV/bin/python
-if ! "$PY" -c 'import torch, transformers, onnx, onnxruntime, PIL, numpy, safetensors, regex, tokenizers' 2>/dev/null; then
+if ! "$PY" -c 'import torch, transformers, onnx, onnxruntime, openvino, PIL, numpy, safetensors, regex, tokenizers' 2>/dev/null; then
     if [[ ! -x $PY ]]; then
         log "creating venv $VENV"
         mkdir -p "$(dirname "$VENV")"
@@ -116,19 +118,31 @@ log "load before: $(uptime)"
 # --- 4. ongi and its peers, interleaved: one process per engine per thread
 # count, ROUNDS times over; the table takes each setting's median, so a
 # slow spell of the machine hits every engine alike instead of one.
-: > "$WORK/ongi.jsonl"
-: > "$WORK/ort.jsonl"
-: > "$WORK/torch.jsonl"
+# ongi runs at every precision it has (`auto` is what `ongi serve` picks
+# here; its row is labelled with what that resolved to); the peers at
+# theirs. PyTorch f32 runs first in each round: its outputs are the
+# reference every other row's cosine is measured against.
+PEERS=(torch torch-bf16 ort ort-int8 ov ov-bf16)
+ONGI_DTYPES=(auto f32 bf16 int8)
+REFS=$WORK/reference
+for e in "${PEERS[@]}"; do : > "$WORK/peer-$e.jsonl"; done
+for d in "${ONGI_DTYPES[@]}"; do : > "$WORK/ongi-$d.jsonl"; done
 IFS=, read -r -a TLIST <<< "$THREADS"
 for round in $(seq 1 "$ROUNDS"); do
     for t in "${TLIST[@]}"; do
-        log "round $round/$ROUNDS: ongi, $t thread(s)"
-        "$ONGI" bench --model "$MODEL" --batch-sizes "$BATCH_SIZES" --threads "$t" \
-            --images "$IMAGES" --json >> "$WORK/ongi.jsonl"
-        for engine in ort torch; do
+        for engine in "${PEERS[@]}"; do
             log "round $round/$ROUNDS: $engine, $t thread(s)"
             "$PY" "$REPO/bench/peers.py" model --engine "$engine" --model "$MODEL" --threads "$t" \
-                --batch-sizes "$BATCH_SIZES" --images "$IMAGES" >> "$WORK/$engine.jsonl"
+                --batch-sizes "$BATCH_SIZES" --images "$IMAGES" --reference-dir "$REFS" \
+                >> "$WORK/peer-$engine.jsonl"
+        done
+        for d in "${ONGI_DTYPES[@]}"; do
+            log "round $round/$ROUNDS: ongi --dtype $d, $t thread(s)"
+            "$ONGI" bench --model "$MODEL" --batch-sizes "$BATCH_SIZES" --threads "$t" \
+                --images "$IMAGES" --dtype "$d" --json --save-features "$WORK/features-$d" \
+                > "$WORK/ongi-$d.round.jsonl"
+            "$PY" "$REPO/bench/peers.py" cosine --jsonl "$WORK/ongi-$d.round.jsonl" \
+                --features "$WORK/features-$d" --reference-dir "$REFS" >> "$WORK/ongi-$d.jsonl"
         done
     done
 done
@@ -158,8 +172,10 @@ fi
 
 log "load after: $(uptime)"
 echo
-"$PY" "$REPO/bench/peers.py" table --ongi "$WORK/ongi.jsonl" --ort "$WORK/ort.jsonl" \
-    --torch "$WORK/torch.jsonl" "${PRE_ARGS[@]}"
+TABLE_ARGS=()
+for d in "${ONGI_DTYPES[@]}"; do TABLE_ARGS+=(--ongi "$WORK/ongi-$d.jsonl"); done
+for e in "${PEERS[@]}"; do TABLE_ARGS+=(--peer "$WORK/peer-$e.jsonl"); done
+"$PY" "$REPO/bench/peers.py" table "${TABLE_ARGS[@]}" "${PRE_ARGS[@]}"
 echo
 if [[ $DO_MEM == 1 ]]; then
     echo

@@ -392,7 +392,9 @@ def cmd_table(args) -> None:
     for path in args.ongi or []:
         rows = read_jsonl(path)
         if rows:
-            name = f"ongi {rows[0].get('precision') or 'f32'}"
+            precision = rows[0].get("precision") or "f32"
+            default = "auto" in Path(path).name
+            name = f"ongi default = {precision}" if default else f"ongi {precision}"
             ongi_rows[name] = index(rows)
     peer_rows = {}
     for path in args.peer or []:

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use ongi_model::{kernel_choice, WeightFormat, Precision};
 use ongi_core::preprocess::{self, PreprocessConfig};
 use ongi_model::clip::ClipModel;
+use ongi_model::{kernel_choice, Precision, WeightFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::compute::DTypeArg;

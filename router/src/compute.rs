@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use ongi_model::{kernel_choice, CpuFeatures, WeightFormat, Precision};
+use ongi_model::{kernel_choice, CpuFeatures, Precision, WeightFormat};
 
 /// Numeric precision requested on the command line.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -75,16 +75,20 @@ impl Compute {
         } else {
             "candle"
         };
-        let line = format!("{} ({}; kernel {kernel})", self.precision, self.precision_reason);
+        let line = format!(
+            "{} ({}; kernel {kernel})",
+            self.precision, self.precision_reason
+        );
         let features = CpuFeatures::get();
-        let warning = (self.device.is_cpu() && !self.precision.native_on_cpu(&features)).then(|| {
-            format!(
-                "{} has no native support on this CPU ({}): it runs slower than f32; \
+        let warning =
+            (self.device.is_cpu() && !self.precision.native_on_cpu(&features)).then(|| {
+                format!(
+                    "{} has no native support on this CPU ({}): it runs slower than f32; \
                  --dtype auto picks the fastest precision here",
-                self.precision,
-                features.flags()
-            )
-        });
+                    self.precision,
+                    features.flags()
+                )
+            });
         (line, warning)
     }
 }

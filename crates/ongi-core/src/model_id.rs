@@ -104,8 +104,14 @@ mod tests {
     #[test]
     fn precision_separates_identities() {
         use ongi_model::Precision;
-        assert_eq!(with_precision("clip-ab-fast", Precision::F32), "clip-ab-fast");
-        assert_eq!(with_precision("clip-ab-fast", Precision::Bf16), "clip-ab-fast-bf16");
+        assert_eq!(
+            with_precision("clip-ab-fast", Precision::F32),
+            "clip-ab-fast"
+        );
+        assert_eq!(
+            with_precision("clip-ab-fast", Precision::Bf16),
+            "clip-ab-fast-bf16"
+        );
         assert_eq!(with_precision("clip-ab", Precision::Int8), "clip-ab-int8");
     }
 }

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 
 use crate::config::{Activation, ClipConfig, TextPooling};
 use crate::error::ModelError;
-use crate::packed::{WeightFormat, PackedWeight};
+use crate::packed::{PackedWeight, WeightFormat};
 use crate::precision::Precision;
 use crate::team::Team;
 use crate::weights::SafetensorsFile;
@@ -683,7 +683,9 @@ impl Loader<'_> {
             .map_err(|e| self.op_err(name, e))?;
         drop(weight);
         let weight = match self.packing {
-            Packing::Low(kind) => LinearWeight::Low(Arc::new(PackedWeight::pack(&rows, out, inp, kind))),
+            Packing::Low(kind) => {
+                LinearWeight::Low(Arc::new(PackedWeight::pack(&rows, out, inp, kind)))
+            }
             _ => {
                 let packed = crate::kernels::pack_panels(&rows, out, inp);
                 drop(rows);
@@ -824,11 +826,13 @@ mod tests {
     #[test]
     fn rejects_precisions_the_kernels_cannot_run() {
         let dir = Path::new("/nonexistent");
-        let e = ClipModel::load_with_kernels(dir, &Device::Cpu, Precision::Int8, VisionKernels::Candle)
-            .unwrap_err();
+        let e =
+            ClipModel::load_with_kernels(dir, &Device::Cpu, Precision::Int8, VisionKernels::Candle)
+                .unwrap_err();
         assert!(matches!(e, ModelError::Unsupported(_)), "{e}");
-        let e = ClipModel::load_with_kernels(dir, &Device::Cpu, Precision::F16, VisionKernels::Fused)
-            .unwrap_err();
+        let e =
+            ClipModel::load_with_kernels(dir, &Device::Cpu, Precision::F16, VisionKernels::Fused)
+                .unwrap_err();
         assert!(matches!(e, ModelError::Unsupported(_)), "{e}");
     }
 }

@@ -298,6 +298,12 @@ pub(crate) fn bias_activation_row(row: &mut [f32], bias: Option<&[f32]>, act: Op
             *v += b;
         }
     }
+    activate(row, act);
+}
+
+/// `row = act(row)`; inlined into its caller's CPU level.
+#[inline(always)]
+pub(crate) fn activate(row: &mut [f32], act: Option<Activation>) {
     match act {
         None => {}
         Some(Activation::QuickGelu) => row.iter_mut().for_each(|v| *v = quick_gelu(*v)),

@@ -14,8 +14,8 @@ mod vision_cpu;
 pub mod weights;
 
 pub use clip::{ClipModel, VisionKernels};
+pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig, TextPooling};
 pub use cpu::CpuFeatures;
+pub use error::ModelError;
 pub use packed::{kernel_choice, KernelChoice, WeightFormat};
 pub use precision::Precision;
-pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig, TextPooling};
-pub use error::ModelError;

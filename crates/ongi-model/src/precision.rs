@@ -54,7 +54,10 @@ impl Precision {
         } else if features.avx512_bf16 {
             (Self::Bf16, format!("CPU has AVX512-BF16 ({flags})"))
         } else {
-            (Self::F32, format!("CPU has no native bf16 dot products ({flags})"))
+            (
+                Self::F32,
+                format!("CPU has no native bf16 dot products ({flags})"),
+            )
         }
     }
 

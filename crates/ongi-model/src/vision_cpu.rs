@@ -30,9 +30,9 @@ struct Held<'a> {
 impl<'a> Held<'a> {
     fn new(t: &'a Tensor) -> Result<Self, ModelError> {
         let (guard, layout) = t.storage_and_layout();
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| ModelError::Internal("fused CPU forward: non-contiguous weight".into()))?;
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            ModelError::Internal("fused CPU forward: non-contiguous weight".into())
+        })?;
         Ok(Self { guard, start, end })
     }
 
