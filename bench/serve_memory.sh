@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Peak RSS of `ongi serve` with the full-size ViT-B/32 checkpoint while it
-# embeds one batch of 16 twelve-megapixel photos, against the issue-5 budget:
-# the f32 weights' size + 300 MB (SPEC §4; the seeds' PyTorch service sat at
-# ~1.5 GB).
+# embeds one batch of 16 twelve-megapixel photos, against the budget: the
+# weights' size at the served precision + 300 MB (f32: the checkpoint's size;
+# bf16: half of it).
 #
-#   bench/serve_memory.sh [--decode fast|exact]... [--threads N] [--images N]
+#   bench/serve_memory.sh [--decode fast|exact]... [--dtype D]... [--threads N] [--images N]
 #
 # Needs what bench/compare_peers.sh builds: ~/.cache/ongi/vit-b32-random/ and
 # ~/.cache/ongi/bench-photos/*.jpg (ONGI_BENCH_CACHE moves both). Prints one
@@ -14,11 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODES=()
+DTYPES=()
 THREADS=2
 IMAGES=16
 while [ $# -gt 0 ]; do
     case $1 in
         --decode) MODES+=("$2"); shift 2 ;;
+        --dtype) DTYPES+=("$2"); shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
         --images) IMAGES=$2; shift 2 ;;
         -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
@@ -26,6 +28,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ ${#MODES[@]} -gt 0 ] || MODES=(fast exact)
+[ ${#DTYPES[@]} -gt 0 ] || DTYPES=(f32)
 
 CACHE=${ONGI_BENCH_CACHE:-$HOME/.cache/ongi}
 MODEL=$CACHE/vit-b32-random
@@ -54,16 +57,20 @@ done
 body="{\"images\": [$(IFS=,; echo "${keys[*]}")]}"
 
 weights=$(stat -c %s "$MODEL/model.safetensors")
-budget=$((weights + 300 * 1000 * 1000))
 kb() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$SERVER/status"; }
 port=$((20000 + RANDOM % 20000))
 
-printf '%-6s %8s %8s %12s %12s %12s %s\n' decode threads images "after load" "peak RSS" budget "verdict (inference batches)"
+printf '%-6s %-5s %8s %8s %12s %12s %12s %s\n' decode dtype threads images "after load" "peak RSS" budget "verdict (inference batches)"
+for dtype in "${DTYPES[@]}"; do
 for mode in "${MODES[@]}"; do
+    case $dtype in
+        bf16|f16|int8) budget=$((weights / 2 + 300 * 1000 * 1000)) ;;
+        *) budget=$((weights + 300 * 1000 * 1000)) ;;
+    esac
     rm -f "$WORK/store.redb"
     "$ONGI" serve --model "$MODEL" --images "$WORK/images" --store "$WORK/store.redb" \
         --bind "127.0.0.1:$port" --threads "$THREADS" --batch-size 16 --decode "$mode" \
-        >"$WORK/serve-$mode.log" 2>&1 &
+        --dtype "$dtype" >"$WORK/serve-$mode.log" 2>&1 &
     SERVER=$!
     for _ in $(seq 1 600); do
         curl -fsS "http://127.0.0.1:$port/health/info" >/dev/null 2>&1 && break
@@ -80,9 +87,10 @@ for mode in "${MODES[@]}"; do
              END {printf "%d batches, %d images", n, s}')
     kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
     verdict=$([ "$peak" -le "$budget" ] && echo "within" || echo "OVER")
-    printf '%-6s %8s %8s %9.0f MB %9.0f MB %9.0f MB %s (%s)\n' \
-        "$mode" "$THREADS" "$IMAGES" "$(bc -l <<<"$loaded/1000000")" "$(bc -l <<<"$peak/1000000")" \
+    printf '%-6s %-5s %8s %8s %9.0f MB %9.0f MB %9.0f MB %s (%s)\n' \
+        "$mode" "$dtype" "$THREADS" "$IMAGES" "$(bc -l <<<"$loaded/1000000")" "$(bc -l <<<"$peak/1000000")" \
         "$(bc -l <<<"$budget/1000000")" "$verdict" "$batches"
     port=$((port + 1))
 done
-printf 'budget = model.safetensors (%.0f MB, f32) + 300 MB; MB = 10^6 bytes\n' "$(bc -l <<<"$weights/1000000")"
+done
+printf 'budget = weights at the served precision (model.safetensors: %.0f MB at f32; half at bf16 and int8, whose values are packed as 16-bit lanes) + 300 MB; MB = 10^6 bytes\n' "$(bc -l <<<"$weights/1000000")"

@@ -46,10 +46,24 @@ pub(crate) struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let LinearWeight::Dense(weight) = &self.weight else {
-            candle_core::bail!("weights packed for the fused CPU forward reached candle")
+        let y = match &self.weight {
+            LinearWeight::Dense(weight) => x.matmul(&weight.t()?)?,
+            // The text tower at bf16/int8 on the CPU: its products on the
+            // packed kernels (one thread; prompts are embedded once), the
+            // rest on candle at f32.
+            LinearWeight::Low(w) => {
+                let rows = x.dim(0)?;
+                let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out = vec![0.0f32; rows * w.out];
+                let team = Team::new(1).map_err(candle_core::Error::wrap)?;
+                crate::packed::linear(&input, rows, w, &mut out, Default::default(), &team)
+                    .map_err(candle_core::Error::wrap)?;
+                Tensor::from_vec(out, (rows, w.out), x.device())?
+            }
+            LinearWeight::Panels(_) => {
+                candle_core::bail!("weights packed for the fused CPU forward reached candle")
+            }
         };
-        let y = x.matmul(&weight.t()?)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -235,9 +249,9 @@ impl ClipModel {
 
     /// [`Self::load`] with a chosen vision-tower implementation.
     ///
-    /// [`VisionKernels::Fused`] runs on the CPU at f32 (gemm's kernels), bf16
-    /// or int8 (`packed.rs`: only the matrix products at that precision; the
-    /// text tower then stays f32, since it only embeds prompts, once).
+    /// [`VisionKernels::Fused`] runs on the CPU at f32, bf16 or int8 (only
+    /// the matrix products at that precision, in both towers; see
+    /// `packed.rs`).
     /// [`VisionKernels::Candle`] runs f32, f16 and bf16 on any device.
     pub fn load_with_kernels(
         dir: &Path,
@@ -279,7 +293,12 @@ impl ClipModel {
             packing,
         };
         let vision = load_vision(&mut w, &config)?;
-        w.packing = Packing::None;
+        // The text tower runs on candle; at bf16/int8 its products take the
+        // packed weights too (half the memory of f32 ones), at f32 candle's
+        // own layout.
+        if matches!(w.packing, Packing::Panels | Packing::Low(WeightFormat::F32)) {
+            w.packing = Packing::None;
+        }
         let text = load_text(&mut w, &config)?;
         // As many threads as the global rayon pool (which `--threads` sizes).
         let team = if fused {
