@@ -43,7 +43,6 @@ use crate::team::{part, Team};
 pub(crate) const NB: usize = 32;
 /// Lanes of `k` per pass over a block (16 KB of weights).
 const KC_STEPS: usize = 128;
-const KC_STEPS_F32: usize = 512;
 /// The 16-bit formats pad rows to a multiple of this (the AMX kernel's
 /// tile height) and `k` to a multiple of 32 (one tile row).
 const ROW_STEP: usize = 16;
@@ -75,14 +74,6 @@ impl WeightFormat {
         match self {
             Self::F32 => 1,
             Self::Bf16 | Self::Int8 => 2,
-        }
-    }
-
-    /// Lanes of `k` per pass over a block.
-    fn kc_steps(self) -> usize {
-        match self {
-            Self::F32 => KC_STEPS_F32,
-            Self::Bf16 | Self::Int8 => KC_STEPS,
         }
     }
 
@@ -668,7 +659,7 @@ pub(crate) fn linear_with(
             let b = &w.data[blk * steps * NB..(blk + 1) * steps * NB];
             let mut s0 = 0;
             while s0 < steps {
-                let sc = w.kind.kc_steps().min(steps - s0);
+                let sc = KC_STEPS.min(steps - s0);
                 let mut r0 = 0;
                 while r0 < rows {
                     let mr = kernel.mr.min(rows - r0);
