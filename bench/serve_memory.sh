@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ ${#MODES[@]} -gt 0 ] || MODES=(fast exact)
-[ ${#DTYPES[@]} -gt 0 ] || DTYPES=(f32)
+[ ${#DTYPES[@]} -gt 0 ] || DTYPES=(f32 bf16)
 
 CACHE=${ONGI_BENCH_CACHE:-$HOME/.cache/ongi}
 MODEL=$CACHE/vit-b32-random

@@ -12,6 +12,7 @@
 
 #[path = "../../crates/ongi-core/tests/support/real_photos.rs"]
 mod real_photos;
+mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use ongi_core::preprocess::{
 use ongi_core::tokenize::ClipTokenizer;
 use ongi_model::{ClipModel, Precision, VisionKernels};
 use serde_json::Value;
+use support::cosine;
 
 const MIN_COSINE: f64 = 0.99999;
 
@@ -77,18 +79,6 @@ fn read_reference(path: &Path) -> Reference {
         })
         .collect();
     Reference { images, texts }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    ab / (aa.sqrt() * bb.sqrt())
 }
 
 /// Checks every row of `got` against its reference; prints and returns the minimum.

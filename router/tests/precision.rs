@@ -15,21 +15,10 @@ use candle_core::{Device, Tensor};
 use ongi_core::preprocess::{load_and_preprocess, DecodeMode, PreprocessConfig};
 use ongi_model::{kernel_choice, ClipModel, Precision, WeightFormat};
 use serde_json::json;
-use support::{fixtures, photo_names, tiny_model, OngiServer};
+use support::{cosine, fixtures, photo_names, tiny_model, OngiServer};
 
 const MIN_BF16_COSINE: f64 = 0.9995;
 const MIN_INT8_COSINE: f64 = 0.995;
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    ab / (aa.sqrt() * bb.sqrt())
-}
 
 /// The fixture photos and, where installed, the real photos.
 fn photos() -> Vec<PathBuf> {

@@ -791,6 +791,57 @@ pub fn f32_blocked_preferred() -> bool {
 
 const PORTABLE_F32_TILE: usize = 4;
 
+/// The portable kernels' loop: `acc[r][j] = mac(acc[r][j], lane(r, p),
+/// b[p][j])` with accumulators of type `T` kept in `c` as their 32 bits.
+///
+/// # Safety
+/// As [`MicroKernel`]; `lane` must read inside `a`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable<T: Copy>(
+    lane: impl Fn(usize, usize) -> u32,
+    b: *const u32,
+    steps: usize,
+    c: *mut u32,
+    load_c: bool,
+    mr: usize,
+    (zero, from_bits, to_bits): Bits<T>,
+    mac: impl Fn(T, u32, u32) -> T,
+) {
+    for r in 0..mr {
+        let mut acc = [zero; NB];
+        if load_c {
+            for (j, v) in acc.iter_mut().enumerate() {
+                *v = from_bits(*c.add(r * NB + j));
+            }
+        }
+        for p in 0..steps {
+            let x = lane(r, p);
+            for (j, v) in acc.iter_mut().enumerate() {
+                *v = mac(*v, x, *b.add(p * NB + j));
+            }
+        }
+        for (j, v) in acc.iter().enumerate() {
+            *c.add(r * NB + j) = to_bits(*v);
+        }
+    }
+}
+
+/// An accumulator type's zero and its conversions from and to 32 bits.
+type Bits<T> = (T, fn(u32) -> T, fn(T) -> u32);
+
+const F32_BITS: Bits<f32> = (0.0, f32::from_bits, f32::to_bits);
+
+/// The low and high 16-bit halves of a lane, as bf16 widened to f32.
+fn bf16_halves(v: u32) -> (f32, f32) {
+    (f32::from_bits(v << 16), f32::from_bits(v & 0xffff_0000))
+}
+
+/// The low and high 16-bit halves of a lane, as i16 widened to i32.
+fn i16_halves(v: u32) -> (i32, i32) {
+    (v as u16 as i16 as i32, (v >> 16) as u16 as i16 as i32)
+}
+
 /// Portable f32 (`a` a tile of 4 rows, step-major).
 unsafe fn portable_f32(
     a: *const u32,
@@ -801,23 +852,10 @@ unsafe fn portable_f32(
     load_c: bool,
     mr: usize,
 ) {
-    for r in 0..mr {
-        let mut acc = [0.0f32; NB];
-        if load_c {
-            for (j, v) in acc.iter_mut().enumerate() {
-                *v = f32::from_bits(*c.add(r * NB + j));
-            }
-        }
-        for p in 0..steps {
-            let x = f32::from_bits(*a.add(p * PORTABLE_F32_TILE + r));
-            for (j, v) in acc.iter_mut().enumerate() {
-                *v += x * f32::from_bits(*b.add(p * NB + j));
-            }
-        }
-        for (j, v) in acc.iter().enumerate() {
-            *c.add(r * NB + j) = v.to_bits();
-        }
-    }
+    let lane = |r: usize, p: usize| unsafe { *a.add(p * PORTABLE_F32_TILE + r) };
+    portable(lane, b, steps, c, load_c, mr, F32_BITS, |acc, x, w| {
+        acc + f32::from_bits(x) * f32::from_bits(w)
+    });
 }
 
 /// Portable bf16: widens both halves to f32 and multiplies in f32.
@@ -830,25 +868,11 @@ unsafe fn portable_bf16(
     load_c: bool,
     mr: usize,
 ) {
-    for r in 0..mr {
-        let mut acc = [0.0f32; NB];
-        if load_c {
-            for (j, v) in acc.iter_mut().enumerate() {
-                *v = f32::from_bits(*c.add(r * NB + j));
-            }
-        }
-        for p in 0..pairs {
-            let x = *a.add(r * lda + p);
-            let (xl, xh) = (f32::from_bits(x << 16), f32::from_bits(x & 0xffff_0000));
-            for (j, v) in acc.iter_mut().enumerate() {
-                let wv = *b.add(p * NB + j);
-                *v += xl * f32::from_bits(wv << 16) + xh * f32::from_bits(wv & 0xffff_0000);
-            }
-        }
-        for (j, v) in acc.iter().enumerate() {
-            *c.add(r * NB + j) = v.to_bits();
-        }
-    }
+    let lane = |r: usize, p: usize| unsafe { *a.add(r * lda + p) };
+    portable(lane, b, pairs, c, load_c, mr, F32_BITS, |acc, x, w| {
+        let ((xl, xh), (wl, wh)) = (bf16_halves(x), bf16_halves(w));
+        acc + xl * wl + xh * wh
+    });
 }
 
 /// Portable int8: i16 pair products summed in i32.
@@ -861,26 +885,12 @@ unsafe fn portable_int8(
     load_c: bool,
     mr: usize,
 ) {
-    let lo = |v: u32| v as u16 as i16 as i32;
-    let hi = |v: u32| (v >> 16) as u16 as i16 as i32;
-    for r in 0..mr {
-        let mut acc = [0i32; NB];
-        if load_c {
-            for (j, v) in acc.iter_mut().enumerate() {
-                *v = *c.add(r * NB + j) as i32;
-            }
-        }
-        for p in 0..pairs {
-            let x = *a.add(r * lda + p);
-            for (j, v) in acc.iter_mut().enumerate() {
-                let wv = *b.add(p * NB + j);
-                *v += lo(x) * lo(wv) + hi(x) * hi(wv);
-            }
-        }
-        for (j, v) in acc.iter().enumerate() {
-            *c.add(r * NB + j) = *v as u32;
-        }
-    }
+    let lane = |r: usize, p: usize| unsafe { *a.add(r * lda + p) };
+    let bits: Bits<i32> = (0, |v| v as i32, |v| v as u32);
+    portable(lane, b, pairs, c, load_c, mr, bits, |acc, x, w| {
+        let ((xl, xh), (wl, wh)) = (i16_halves(x), i16_halves(w));
+        acc + xl * wl + xh * wh
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1028,196 +1038,106 @@ mod x86 {
         }
     }
 
-    /// AVX2 int8: `vpmaddwd` multiplies the i16 pairs and sums each pair
-    /// into i32 (16 products per instruction, twice an f32 FMA's 8).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2_int8(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        pairs: usize,
-        c: *mut u32,
-        load_c: bool,
-        mr: usize,
-    ) {
-        for half in 0..2 {
-            let (b, c) = (b.add(half * 16), c.add(half * 16));
-            by_rows!(avx2_int8_rows, mr, (a, lda, b, pairs, c, load_c); 1 2 3 4);
-        }
+    /// A pair-product kernel over `$bits`-bit vectors of 32-bit lanes: two
+    /// accumulators per row cover `2 × $lanes` columns (one call per such
+    /// part of the block); each step loads two weight vectors and, per row,
+    /// broadcasts one activation lane and applies `$step` to
+    /// (accumulator, broadcast, weights).
+    macro_rules! pair_kernel {
+        (
+            $(#[$doc:meta])*
+            $name:ident, $rows:ident, $features:literal, rows $($mr:literal)*;
+            lanes $lanes:literal, zero $zero:expr, load $load:path, store $store:path,
+            weights $wload:path, broadcast $bcast:path,
+            step |$acc:ident, $x:ident, $w:ident| $step:expr
+        ) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(
+                a: *const u32,
+                lda: usize,
+                b: *const u32,
+                pairs: usize,
+                c: *mut u32,
+                load_c: bool,
+                mr: usize,
+            ) {
+                for part in 0..NB / (2 * $lanes) {
+                    let (b, c) = (b.add(part * 2 * $lanes), c.add(part * 2 * $lanes));
+                    by_rows!($rows, mr, (a, lda, b, pairs, c, load_c); $($mr)*);
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn $rows<const MR: usize>(
+                a: *const u32,
+                lda: usize,
+                b: *const u32,
+                pairs: usize,
+                c: *mut u32,
+                load_c: bool,
+            ) {
+                let mut acc = [[$zero; 2]; MR];
+                if load_c {
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        acc[0] = $load(c.add(r * NB).cast());
+                        acc[1] = $load(c.add(r * NB + $lanes).cast());
+                    }
+                }
+                for p in 0..pairs {
+                    let w = [$wload(b.add(p * NB).cast()), $wload(b.add(p * NB + $lanes).cast())];
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let $x = $bcast(*a.add(r * lda + p) as i32);
+                        for (acc, &$w) in acc.iter_mut().zip(&w) {
+                            let $acc = *acc;
+                            *acc = $step;
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    $store(c.add(r * NB).cast(), acc[0]);
+                    $store(c.add(r * NB + $lanes).cast(), acc[1]);
+                }
+            }
+        };
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn avx2_int8_rows<const MR: usize>(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        pairs: usize,
-        c: *mut u32,
-        load_c: bool,
-    ) {
-        let mut acc = [[_mm256_setzero_si256(); 2]; MR];
-        if load_c {
-            for (r, acc) in acc.iter_mut().enumerate() {
-                acc[0] = _mm256_loadu_si256(c.add(r * NB).cast());
-                acc[1] = _mm256_loadu_si256(c.add(r * NB + 8).cast());
-            }
-        }
-        for p in 0..pairs {
-            let w0 = _mm256_loadu_si256(b.add(p * NB).cast());
-            let w1 = _mm256_loadu_si256(b.add(p * NB + 8).cast());
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm256_set1_epi32(*a.add(r * lda + p) as i32);
-                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(x, w0));
-                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(x, w1));
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            _mm256_storeu_si256(c.add(r * NB).cast(), acc[0]);
-            _mm256_storeu_si256(c.add(r * NB + 8).cast(), acc[1]);
-        }
+    pair_kernel! {
+        /// AVX2 int8: `vpmaddwd` multiplies the i16 pairs and sums each pair
+        /// into i32 (16 products per instruction, twice an f32 FMA's 8).
+        avx2_int8, avx2_int8_rows, "avx2,fma", rows 1 2 3 4;
+        lanes 8, zero _mm256_setzero_si256(), load _mm256_loadu_si256, store _mm256_storeu_si256,
+        weights _mm256_loadu_si256, broadcast _mm256_set1_epi32,
+        step |acc, x, w| _mm256_add_epi32(acc, _mm256_madd_epi16(x, w))
     }
 
-    /// AVX-VNNI int8: `vpdpwssd` fuses the pair product and the add.
-    #[target_feature(enable = "avx2,fma,avxvnni")]
-    pub(super) unsafe fn avx_vnni_int8(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        pairs: usize,
-        c: *mut u32,
-        load_c: bool,
-        mr: usize,
-    ) {
-        for half in 0..2 {
-            let (b, c) = (b.add(half * 16), c.add(half * 16));
-            by_rows!(avx_vnni_int8_rows, mr, (a, lda, b, pairs, c, load_c); 1 2 3 4);
-        }
+    pair_kernel! {
+        /// AVX-VNNI int8: `vpdpwssd` fuses the pair product and the add.
+        avx_vnni_int8, avx_vnni_int8_rows, "avx2,fma,avxvnni", rows 1 2 3 4;
+        lanes 8, zero _mm256_setzero_si256(), load _mm256_loadu_si256, store _mm256_storeu_si256,
+        weights _mm256_loadu_si256, broadcast _mm256_set1_epi32,
+        step |acc, x, w| _mm256_dpwssd_avx_epi32(acc, x, w)
     }
 
-    #[target_feature(enable = "avx2,fma,avxvnni")]
-    #[inline]
-    unsafe fn avx_vnni_int8_rows<const MR: usize>(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        pairs: usize,
-        c: *mut u32,
-        load_c: bool,
-    ) {
-        let mut acc = [[_mm256_setzero_si256(); 2]; MR];
-        if load_c {
-            for (r, acc) in acc.iter_mut().enumerate() {
-                acc[0] = _mm256_loadu_si256(c.add(r * NB).cast());
-                acc[1] = _mm256_loadu_si256(c.add(r * NB + 8).cast());
-            }
-        }
-        for p in 0..pairs {
-            let w0 = _mm256_loadu_si256(b.add(p * NB).cast());
-            let w1 = _mm256_loadu_si256(b.add(p * NB + 8).cast());
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm256_set1_epi32(*a.add(r * lda + p) as i32);
-                acc[0] = _mm256_dpwssd_avx_epi32(acc[0], x, w0);
-                acc[1] = _mm256_dpwssd_avx_epi32(acc[1], x, w1);
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            _mm256_storeu_si256(c.add(r * NB).cast(), acc[0]);
-            _mm256_storeu_si256(c.add(r * NB + 8).cast(), acc[1]);
-        }
+    pair_kernel! {
+        /// AVX512-BF16: `vdpbf16ps`, 32 products per instruction.
+        avx512_bf16, avx512_bf16_rows, "avx512f,avx512bw,avx512vl,avx512bf16", rows 1 2 3 4 5 6 7 8;
+        lanes 16, zero _mm512_setzero_ps(), load _mm512_loadu_ps, store _mm512_storeu_ps,
+        weights _mm512_loadu_si512, broadcast _mm512_set1_epi32,
+        step |acc, x, w| _mm512_dpbf16_ps(
+            acc,
+            std::mem::transmute::<__m512i, __m512bh>(x),
+            std::mem::transmute::<__m512i, __m512bh>(w)
+        )
     }
 
-    /// AVX512-BF16: `vdpbf16ps`, 32 products per instruction.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub(super) unsafe fn avx512_bf16(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        pairs: usize,
-        c: *mut u32,
-        load_c: bool,
-        mr: usize,
-    ) {
-        by_rows!(avx512_bf16_rows, mr, (a, lda, b, pairs, c, load_c); 1 2 3 4 5 6 7 8);
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    #[inline]
-    unsafe fn avx512_bf16_rows<const MR: usize>(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        pairs: usize,
-        c: *mut u32,
-        load_c: bool,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        if load_c {
-            for (r, acc) in acc.iter_mut().enumerate() {
-                acc[0] = _mm512_loadu_ps(c.add(r * NB).cast());
-                acc[1] = _mm512_loadu_ps(c.add(r * NB + 16).cast());
-            }
-        }
-        for p in 0..pairs {
-            let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NB).cast()));
-            let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NB + 16).cast()));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + p) as i32));
-                acc[0] = _mm512_dpbf16_ps(acc[0], x, w0);
-                acc[1] = _mm512_dpbf16_ps(acc[1], x, w1);
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            _mm512_storeu_ps(c.add(r * NB).cast(), acc[0]);
-            _mm512_storeu_ps(c.add(r * NB + 16).cast(), acc[1]);
-        }
-    }
-
-    /// AVX512-VNNI int8: `vpdpwssd` on 512-bit vectors.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn avx512_vnni_int8(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        pairs: usize,
-        c: *mut u32,
-        load_c: bool,
-        mr: usize,
-    ) {
-        by_rows!(avx512_vnni_int8_rows, mr, (a, lda, b, pairs, c, load_c); 1 2 3 4 5 6 7 8);
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn avx512_vnni_int8_rows<const MR: usize>(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        pairs: usize,
-        c: *mut u32,
-        load_c: bool,
-    ) {
-        let mut acc = [[_mm512_setzero_si512(); 2]; MR];
-        if load_c {
-            for (r, acc) in acc.iter_mut().enumerate() {
-                acc[0] = _mm512_loadu_si512(c.add(r * NB).cast());
-                acc[1] = _mm512_loadu_si512(c.add(r * NB + 16).cast());
-            }
-        }
-        for p in 0..pairs {
-            let w0 = _mm512_loadu_si512(b.add(p * NB).cast());
-            let w1 = _mm512_loadu_si512(b.add(p * NB + 16).cast());
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_epi32(*a.add(r * lda + p) as i32);
-                acc[0] = _mm512_dpwssd_epi32(acc[0], x, w0);
-                acc[1] = _mm512_dpwssd_epi32(acc[1], x, w1);
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            _mm512_storeu_si512(c.add(r * NB).cast(), acc[0]);
-            _mm512_storeu_si512(c.add(r * NB + 16).cast(), acc[1]);
-        }
+    pair_kernel! {
+        /// AVX512-VNNI int8: `vpdpwssd` on 512-bit vectors.
+        avx512_vnni_int8, avx512_vnni_int8_rows, "avx512f,avx512bw,avx512vl,avx512vnni", rows 1 2 3 4 5 6 7 8;
+        lanes 16, zero _mm512_setzero_si512(), load _mm512_loadu_si512, store _mm512_storeu_si512,
+        weights _mm512_loadu_si512, broadcast _mm512_set1_epi32,
+        step |acc, x, w| _mm512_dpwssd_epi32(acc, x, w)
     }
 
     /// The tile shapes of [`amx_bf16`]: tmm0/tmm1 the 16 × 16 f32
