@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use utoipa::OpenApi;
@@ -74,15 +74,72 @@ pub struct AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ongi", description = "CLIP photo-album analysis server"),
-    paths(routes::embedding, routes::health, routes::metrics),
-    components(schemas(
-        api::ImagesRequest,
-        api::EmbeddingResponse,
-        api::ErrorResponse,
-        api::HealthResponse
-    ))
+    paths(
+        routes::embedding,
+        routes::duplicates,
+        routes::quality,
+        routes::categories,
+        routes::score,
+        routes::health,
+        routes::metrics,
+        routes::openapi
+    ),
+    components(schemas(api::ErrorResponse))
 )]
 struct ApiDoc;
+
+/// The two methods the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Verb {
+    Get,
+    Post,
+}
+
+/// One route: the router is built from these tables, and a test compares
+/// them with the OpenAPI document, so neither can miss a route.
+struct Route {
+    /// Also in `handler`; kept to compare with the document.
+    #[cfg_attr(not(test), allow(dead_code))]
+    verb: Verb,
+    path: &'static str,
+    handler: MethodRouter<Arc<AppState>>,
+}
+
+fn route<H, T>(verb: Verb, path: &'static str, handler: H) -> Route
+where
+    H: axum::handler::Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    let filter = match verb {
+        Verb::Get => MethodFilter::GET,
+        Verb::Post => MethodFilter::POST,
+    };
+    Route {
+        verb,
+        path,
+        handler: axum::routing::on(filter, handler),
+    }
+}
+
+/// The album routes (behind the API key and the body-size check).
+fn api_routes() -> Vec<Route> {
+    vec![
+        route(Verb::Post, "/api/albums/embedding", routes::embedding),
+        route(Verb::Post, "/api/albums/duplicates", routes::duplicates),
+        route(Verb::Post, "/api/albums/quality", routes::quality),
+        route(Verb::Post, "/api/albums/categories", routes::categories),
+        route(Verb::Post, "/api/albums/score", routes::score),
+    ]
+}
+
+/// The open routes.
+fn open_routes() -> Vec<Route> {
+    vec![
+        route(Verb::Get, "/health/info", routes::health),
+        route(Verb::Get, "/metrics", routes::metrics),
+        route(Verb::Get, "/openapi.json", routes::openapi),
+    ]
+}
 
 /// The OpenAPI document served at `/openapi.json`.
 pub fn openapi_doc() -> utoipa::openapi::OpenApi {
@@ -168,12 +225,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
 /// body-size limit; health, metrics and the OpenAPI document open.
 fn router(state: Arc<AppState>) -> Router {
     let max_body = state.limits.max_body_bytes;
-    let mut api = Router::new()
-        .route("/api/albums/embedding", post(routes::embedding))
-        .route("/api/albums/duplicates", post(routes::duplicates))
-        .route("/api/albums/quality", post(routes::quality))
-        .route("/api/albums/categories", post(routes::categories))
-        .route("/api/albums/score", post(routes::score))
+    let mut api = api_routes()
+        .into_iter()
+        .fold(Router::new(), |r, route| r.route(route.path, route.handler))
         .route_layer(axum::middleware::from_fn_with_state(
             max_body,
             envelope::refuse_oversized_body,
@@ -185,11 +239,11 @@ fn router(state: Arc<AppState>) -> Router {
             auth::require_api_key,
         ));
     }
-    Router::new()
-        .merge(api)
-        .route("/health/info", get(routes::health))
-        .route("/metrics", get(routes::metrics))
-        .route("/openapi.json", get(routes::openapi))
+    open_routes()
+        .into_iter()
+        .fold(Router::new().merge(api), |r, route| {
+            r.route(route.path, route.handler)
+        })
         .fallback(envelope::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(envelope::envelope_errors))
@@ -223,4 +277,48 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The OpenAPI document describes exactly the routes the router serves,
+    /// with the same methods.
+    #[test]
+    fn openapi_documents_every_route() {
+        let doc = openapi_doc();
+        let documented: BTreeSet<(Verb, String)> = doc
+            .paths
+            .paths
+            .iter()
+            .flat_map(|(path, item)| {
+                [
+                    item.get.as_ref().map(|_| (Verb::Get, path.clone())),
+                    item.post.as_ref().map(|_| (Verb::Post, path.clone())),
+                ]
+                .into_iter()
+                .flatten()
+            })
+            .collect();
+        let routed: BTreeSet<(Verb, String)> = api_routes()
+            .into_iter()
+            .chain(open_routes())
+            .map(|r| (r.verb, r.path.to_string()))
+            .collect();
+        assert_eq!(routed.len(), 8, "{routed:?}");
+        assert_eq!(documented, routed);
+        // Every schema a documented body refers to is in the document.
+        let json = serde_json::to_string(&doc).unwrap();
+        let schemas = doc.components.as_ref().map(|c| &c.schemas).unwrap();
+        for name in json.split("#/components/schemas/").skip(1) {
+            let name = name.split('"').next().unwrap();
+            assert!(
+                schemas.contains_key(name),
+                "schema {name} is referenced but missing"
+            );
+        }
+    }
 }

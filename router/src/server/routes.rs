@@ -299,6 +299,7 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 /// The OpenAPI description of this API.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document (OpenAPI 3.1, JSON)", content_type = "application/json")))]
 pub async fn openapi() -> impl IntoResponse {
     Json(super::openapi_doc())
 }
