@@ -148,7 +148,8 @@ def load_engine(engine: str, model_dir: Path, t: int):
         "INFERENCE_PRECISION_HINT": hint,
     })
     # What OpenVINO actually runs (it falls back to f32 where the CPU has no bf16).
-    actual = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    hint_now = compiled.get_property("INFERENCE_PRECISION_HINT")
+    actual = hint_now.get_type_name() if hasattr(hint_now, "get_type_name") else str(hint_now)
     request = compiled.create_infer_request()
 
     def run(x):
