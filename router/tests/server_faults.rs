@@ -223,7 +223,17 @@ async fn redis_outage_fails_fast_and_recovers_without_restart() {
             .any(|l| l.contains("feature store failed") && l.contains("redis")),
         "no log line naming the feature store; log:\n{log}"
     );
-    assert_eq!(health_status(server.port), Some(200), "server died");
+    // The server lives on, and its health says the store is down (503 in
+    // the error envelope) instead of "ok".
+    let health = reqwest::get(format!("http://127.0.0.1:{}/health/info", server.port))
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"message": "service_unavailable", "data": "feature store unavailable"})
+    );
 
     // Same port, empty data set: the server reconnects by itself.
     redis.restart();
@@ -245,6 +255,7 @@ async fn redis_outage_fails_fast_and_recovers_without_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(body["data"], Value::Null, "{body}");
+    assert_eq!(health_status(server.port), Some(200), "healthy again");
     // Redis had no persistence: the three photos were embedded again ...
     assert_eq!(server.metric("ongi_images_embedded_total").await, 6.0);
     // ... and written to the new Redis: the analysis route finds them.

@@ -73,6 +73,18 @@ pub struct Batcher {
     reserved: Arc<AtomicUsize>,
     capacity: usize,
     next_request: Arc<std::sync::atomic::AtomicU64>,
+    /// Cleared when the worker thread ends, however it ends.
+    running: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Clears the batcher's `running` flag when the worker thread ends, on a
+/// normal return and on a panic alike.
+struct Running(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Room reserved in the queue for one image of a request; released when the
@@ -90,9 +102,12 @@ impl Batcher {
         let reserved = Arc::new(AtomicUsize::new(0));
         let worker_reserved = reserved.clone();
         let max_batch = config.max_batch_size.max(1);
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let guard = Running(running.clone());
         std::thread::Builder::new()
             .name("ongi-inference".into())
             .spawn(move || {
+                let _running = guard;
                 while let Some(batch) = next_batch(&rx, max_batch, config.max_wait) {
                     run_batch(&mut encoder, batch, &worker_reserved);
                 }
@@ -102,7 +117,14 @@ impl Batcher {
             reserved,
             capacity: config.queue_capacity.max(1),
             next_request: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            running,
         })
+    }
+
+    /// Whether the inference worker is still running (it ends only by a
+    /// panic of the model code, or when every handle is gone).
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
     }
 
     /// Reserves room for `n` images of one request, or refuses at once when the
@@ -325,5 +347,36 @@ mod tests {
         assert_eq!(e.embedding, vec![3.0]);
         drop(slots);
         assert_eq!(b.depth(), 0);
+    }
+
+    /// A model that panics kills the worker; the batcher then says so, for
+    /// the health check, and later images fail instead of waiting forever.
+    #[tokio::test]
+    async fn a_dead_worker_is_reported() {
+        struct Panics;
+        impl ImageEncoder for Panics {
+            fn encode(&mut self, _: &[&[f32]]) -> Result<Vec<Vec<f32>>, String> {
+                panic!("model fault")
+            }
+        }
+        let b = Batcher::spawn(
+            Panics,
+            BatcherConfig {
+                max_batch_size: 1,
+                max_wait: Duration::from_millis(1),
+                queue_capacity: 4,
+            },
+        )
+        .unwrap();
+        assert!(b.is_running());
+        let slot = b.reserve(1).unwrap().pop().unwrap();
+        assert!(slot.embed(vec![1.0]).await.is_err());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.is_running() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!b.is_running());
+        let slot = b.reserve(1).unwrap().pop().unwrap();
+        assert!(slot.embed(vec![1.0]).await.is_err());
     }
 }

@@ -143,6 +143,8 @@ pub enum ApiError {
     Internal,
     /// 503 with `Retry-After`: the inference queue is full.
     Busy,
+    /// 503 with `Retry-After`: a part the server needs is not working.
+    Unavailable(String),
 }
 
 impl IntoResponse for ApiError {
@@ -172,6 +174,11 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
                 serde_json::Value::String("the inference queue is full; retry later".into()),
+            ),
+            ApiError::Unavailable(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                serde_json::Value::String(reason),
             ),
         };
         let mut response = (

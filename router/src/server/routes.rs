@@ -14,8 +14,8 @@ use ongi_core::untrusted::{echo_key, Untrusted};
 
 use super::api::{
     self, created, ApiError, CategoriesRequest, CategoriesResponse, CategoryImages, CategoryScores,
-    DuplicatesResponse, EmbeddingResponse, HealthResponse, ImageScore, ImagesRequest,
-    QualityResponse, ScoreRequest, ScoreResponse,
+    DuplicatesResponse, EmbeddingResponse, ErrorResponse, HealthResponse, ImageScore,
+    ImagesRequest, QualityResponse, ScoreRequest, ScoreResponse,
 };
 use super::limits::{check_image_count, JsonBody};
 use super::AppState;
@@ -274,10 +274,27 @@ pub async fn score(State(app): State<Arc<AppState>>, body: JsonBody) -> Result<R
     }))
 }
 
-/// Liveness and version.
-#[utoipa::path(get, path = "/health/info", responses((status = 200, body = HealthResponse)))]
-pub async fn health(State(app): State<Arc<AppState>>) -> Json<HealthResponse> {
-    Json(HealthResponse {
+/// Health and version: 200 when the inference worker runs and the feature
+/// store answers, else 503 in the error envelope naming what is down (the
+/// cause itself is logged, not returned: it can name internal hosts).
+#[utoipa::path(get, path = "/health/info", responses(
+    (status = 200, body = HealthResponse),
+    (status = 503, body = ErrorResponse, description = "the inference worker stopped or the feature store does not answer")
+))]
+pub async fn health(State(app): State<Arc<AppState>>) -> Result<Json<HealthResponse>, ApiError> {
+    let mut down = Vec::new();
+    if !app.pipeline.embedding.batcher().is_running() {
+        tracing::error!("health: the inference worker has stopped");
+        down.push("inference worker stopped");
+    }
+    if let Err(e) = app.pipeline.store.ping().await {
+        tracing::error!(error = %e, "health: the feature store does not answer");
+        down.push("feature store unavailable");
+    }
+    if !down.is_empty() {
+        return Err(ApiError::Unavailable(down.join("; ")));
+    }
+    Ok(Json(HealthResponse {
         status: "ok".into(),
         message: format!(
             "ongi serving model {} from {}",
@@ -286,7 +303,7 @@ pub async fn health(State(app): State<Arc<AppState>>) -> Json<HealthResponse> {
         ),
         version: env!("CARGO_PKG_VERSION").into(),
         precision: app.pipeline.precision.clone(),
-    })
+    }))
 }
 
 /// Prometheus metrics.

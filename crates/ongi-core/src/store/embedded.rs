@@ -292,6 +292,12 @@ impl FeatureStore for RedbStore {
         Ok(())
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.get_raw(BLOBS, "", vec![String::new()])
+            .await
+            .map(|_| ())
+    }
+
     fn describe(&self) -> String {
         format!("redb:{}", self.path.display())
     }

@@ -121,6 +121,9 @@ pub trait FeatureStore: Send + Sync {
     /// Make everything written so far durable (called on shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
 
+    /// Checks that the store answers (one cheap read), for health checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Short description for logs/health ("redb:/path", "redis://host:port/db").
     fn describe(&self) -> String;
 }

@@ -214,6 +214,17 @@ impl FeatureStore for RedisStore {
         Ok(())
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        with_deadline(
+            &self.target,
+            "PING",
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .map(|_| ())
+    }
+
     fn describe(&self) -> String {
         self.target.clone()
     }
