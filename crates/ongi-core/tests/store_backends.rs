@@ -209,6 +209,11 @@ async fn ttl_expiry(store: &dyn FeatureStore) {
     store.flush().await.unwrap();
 }
 
+/// A fresh store answers its health ping.
+async fn ping_answers(store: &dyn FeatureStore) {
+    store.ping().await.unwrap();
+}
+
 /// Runs each named suite function against both backends.
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
@@ -244,6 +249,7 @@ macro_rules! both_backends {
 }
 
 both_backends!(
+    ping_answers,
     missing_is_none,
     roundtrip_preserves_order_and_bytes,
     large_batch,
