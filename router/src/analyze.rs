@@ -87,7 +87,6 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
             .into_iter()
             .map(|(category, images)| json!({"category": category, "images": images}))
             .collect();
-        pipeline.store.flush().await?;
         anyhow::Ok(json!({
             "duplicates": analyzer.duplicates(&records),
             "low_quality": analyzer.low_quality(&records),

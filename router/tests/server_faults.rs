@@ -270,7 +270,7 @@ async fn redis_outage_fails_fast_and_recovers_without_restart() {
 /// 201, new connections are refused, the process exits 0, and the embedded store
 /// holds every record afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_finishes_in_flight_requests_and_flushes_the_store() {
+async fn sigterm_finishes_in_flight_requests_and_keeps_every_record() {
     let photos = photo_dir();
     let names = photo_names();
     let store_dir = tempfile::tempdir().unwrap();

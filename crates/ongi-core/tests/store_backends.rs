@@ -206,7 +206,6 @@ async fn ttl_expiry(store: &dyn FeatureStore) {
         store.get_many("clip", &k).await.unwrap()[0],
         Some(record(2, 8))
     );
-    store.flush().await.unwrap();
 }
 
 /// A fresh store answers its health ping.
@@ -275,7 +274,7 @@ async fn redb_persists_across_reopen() {
             .await
             .unwrap();
         store.put_blob("clip", "p", b"prompt-cache").await.unwrap();
-        store.flush().await.unwrap();
+        // No flush: a returned put is durable.
     }
     let store = open_store(&spec, None).await.unwrap();
     let got = store.get_many("clip", &keys(&["a.jpg"])).await.unwrap();

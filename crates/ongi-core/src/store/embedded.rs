@@ -12,8 +12,8 @@
 //! until it is overwritten or [`RedbStore::purge_expired`] runs.
 //!
 //! Every `put_many` / `put_blob` is one write transaction committed with
-//! redb's default immediate durability, so a returned `Ok` survives a crash
-//! and `flush` has nothing left to do. redb calls block on file I/O, so they
+//! redb's default immediate durability (fsync before `commit` returns), so a
+//! returned `Ok` survives a crash and nothing is ever left to flush. redb calls block on file I/O, so they
 //! run under `spawn_blocking`, off the async workers.
 
 use std::path::{Path, PathBuf};
@@ -284,12 +284,6 @@ impl FeatureStore for RedbStore {
     async fn put_blob(&self, model: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         self.put_raw(BLOBS, model, vec![(name.to_owned(), bytes.to_vec())])
             .await
-    }
-
-    async fn flush(&self) -> Result<(), StoreError> {
-        // Every write transaction was committed with immediate durability
-        // (fsync before `commit` returns), so there is nothing buffered.
-        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

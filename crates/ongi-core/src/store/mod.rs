@@ -118,9 +118,6 @@ pub trait FeatureStore: Send + Sync {
     /// Stores an opaque blob under `model`, replacing any existing one.
     async fn put_blob(&self, model: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError>;
 
-    /// Make everything written so far durable (called on shutdown).
-    async fn flush(&self) -> Result<(), StoreError>;
-
     /// Checks that the store answers (one cheap read), for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
 

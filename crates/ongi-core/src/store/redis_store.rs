@@ -208,12 +208,6 @@ impl FeatureStore for RedisStore {
         self.set_all(&[(blob_key(model, name), bytes)]).await
     }
 
-    async fn flush(&self) -> Result<(), StoreError> {
-        // Every write was acknowledged by the server before put_* returned;
-        // persistence beyond that is the Redis server's own configuration.
-        Ok(())
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         with_deadline(
