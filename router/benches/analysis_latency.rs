@@ -75,14 +75,15 @@ fn main() {
     std::fs::create_dir(&photos).unwrap();
     let records = album(dim);
     let keys: Vec<String> = records.iter().map(|(k, _)| k.clone()).collect();
+    // An explicit identity: the records are synthetic, whatever the decode
+    // mode and precision the server runs.
+    let model_id = "analysis-latency-bench";
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let store = ongi_core::store::open_store(store_path.to_str().unwrap(), None)
             .await
             .unwrap();
-        let model_id = ongi_core::model_id::model_identity(&model).unwrap();
-        store.put_many(&model_id, &records).await.unwrap();
-        store.flush().await.unwrap();
+        store.put_many(model_id, &records).await.unwrap();
     });
     let server = support::OngiServer::start(
         &[
@@ -92,6 +93,8 @@ fn main() {
             photos.to_str().unwrap(),
             "--store",
             store_path.to_str().unwrap(),
+            "--model-id",
+            model_id,
         ],
         &[],
     );

@@ -148,10 +148,14 @@ async fn simultaneous_requests_share_batches_and_get_their_own_embeddings() {
     let store = ongi_core::store::open_store(&redis.url(), None)
         .await
         .unwrap();
-    // The server runs the default decode mode, whose identity it stores under.
-    let model_id = ongi_core::model_id::with_decode_mode(
-        &ongi_core::model_id::model_identity(&model).unwrap(),
-        ongi_core::preprocess::DecodeMode::default(),
+    // The server runs the default decode mode and precision (`auto`: bf16
+    // on CPUs with native bf16), whose identity it stores under.
+    let model_id = ongi_core::model_id::with_precision(
+        &ongi_core::model_id::with_decode_mode(
+            &ongi_core::model_id::model_identity(&model).unwrap(),
+            ongi_core::preprocess::DecodeMode::default(),
+        ),
+        ongi_model::Precision::auto(&candle_core::Device::Cpu).0,
     );
     let records = store.get_many(&model_id, &keys).await.unwrap();
     for (key, record) in keys.iter().zip(records) {
