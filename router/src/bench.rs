@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use ongi_core::preprocess::{self, PreprocessConfig};
 use ongi_model::clip::ClipModel;
-use ongi_model::{kernel_choice, Precision, WeightFormat};
+use ongi_model::Precision;
 use serde::{Deserialize, Serialize};
 
 use crate::compute::DTypeArg;
@@ -274,9 +274,8 @@ fn footnote(rss_sources: &[String]) -> String {
 /// `f32`, or `bf16 (avx512-bf16)`: the precision and the kernel it ran on.
 fn precision_label(p: Precision) -> String {
     match p {
-        Precision::Bf16 => format!("{p} ({})", kernel_choice(WeightFormat::Bf16).name),
-        Precision::Int8 => format!("{p} ({})", kernel_choice(WeightFormat::Int8).name),
-        _ => p.to_string(),
+        Precision::Bf16 | Precision::Int8 => format!("{p} ({})", p.cpu_kernel()),
+        Precision::F32 | Precision::F16 => p.to_string(),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use ongi_model::{kernel_choice, CpuFeatures, Precision, WeightFormat};
+use ongi_model::{CpuFeatures, Precision};
 
 /// Numeric precision requested on the command line.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -59,19 +59,11 @@ pub struct Compute {
 }
 
 impl Compute {
-    /// One line naming the precision, why, and the kernels it runs on; and
-    /// a warning when the precision has no native support here.
-    pub fn describe_precision(&self) -> (String, Option<String>) {
+    /// One line naming the precision, why, and the kernels it runs on;
+    /// logs a warning first when the precision has no native support here.
+    pub fn describe_precision(&self) -> String {
         let kernel = if self.device.is_cpu() {
-            match self.precision {
-                Precision::Bf16 => kernel_choice(WeightFormat::Bf16).name,
-                Precision::Int8 => kernel_choice(WeightFormat::Int8).name,
-                Precision::F32 if ongi_model::packed::f32_blocked_preferred() => {
-                    kernel_choice(WeightFormat::F32).name
-                }
-                Precision::F32 => "gemm f32",
-                Precision::F16 => "candle f16",
-            }
+            self.precision.cpu_kernel()
         } else {
             "candle"
         };
@@ -80,16 +72,15 @@ impl Compute {
             self.precision, self.precision_reason
         );
         let features = CpuFeatures::get();
-        let warning =
-            (self.device.is_cpu() && !self.precision.native_on_cpu(&features)).then(|| {
-                format!(
-                    "{} has no native support on this CPU ({}): it runs slower than f32; \
+        if self.device.is_cpu() && !self.precision.native_on_cpu(&features) {
+            tracing::warn!(
+                "{} has no native support on this CPU ({}): it runs slower than f32; \
                  --dtype auto picks the fastest precision here",
-                    self.precision,
-                    features.flags()
-                )
-            });
-        (line, warning)
+                self.precision,
+                features.flags()
+            );
+        }
+        line
     }
 }
 

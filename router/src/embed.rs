@@ -66,10 +66,7 @@ pub fn run(args: EmbedArgs) -> Result<ExitCode> {
         bail!("--batch-size must be at least 1");
     }
     let compute = args.compute.resolve()?;
-    let (precision, warning) = compute.describe_precision();
-    if let Some(warning) = warning {
-        tracing::warn!("{warning}");
-    }
+    let precision = compute.describe_precision();
     tracing::info!(precision = %precision, "loading the model");
     let model = Arc::new(
         ClipModel::load(&args.model, &compute.device, compute.precision)

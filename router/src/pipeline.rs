@@ -227,10 +227,7 @@ pub async fn build(
     )
     .await?;
 
-    let (precision, precision_warning) = compute.describe_precision();
-    if let Some(warning) = precision_warning {
-        tracing::warn!("{warning}");
-    }
+    let precision = compute.describe_precision();
     tracing::info!(
         model = %args.model.display(),
         model_id = %model_id,

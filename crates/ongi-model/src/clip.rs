@@ -33,8 +33,9 @@ pub(crate) enum LinearWeight {
     Dense(Tensor),
     /// f32 in the fused CPU forward's panel layout (`kernels::pack_panels`).
     Panels(Tensor),
-    /// bf16 or int8, packed for the low-precision kernels (`packed.rs`).
-    Low(Arc<PackedWeight>),
+    /// Blocks of 32 output features for the packed kernels (`packed.rs`):
+    /// bf16, int8, or f32 where those kernels are preferred.
+    Blocks(Arc<PackedWeight>),
 }
 
 /// A dense layer `y = x Wᵀ + b` over a 2-D input.
@@ -51,7 +52,7 @@ impl Linear {
             // The text tower at bf16/int8 on the CPU: its products on the
             // packed kernels (one thread; prompts are embedded once), the
             // rest on candle at f32.
-            LinearWeight::Low(w) => {
+            LinearWeight::Blocks(w) => {
                 let rows = x.dim(0)?;
                 let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 let mut out = vec![0.0f32; rows * w.out];
@@ -267,12 +268,12 @@ impl ClipModel {
             )));
         }
         let (dtype, packing) = match (precision, fused) {
-            (Precision::F32, true) if crate::packed::f32_blocked_preferred() => {
-                (DType::F32, Packing::Low(WeightFormat::F32))
-            }
-            (Precision::F32, true) => (DType::F32, Packing::Panels),
-            (Precision::Bf16, true) => (DType::F32, Packing::Low(WeightFormat::Bf16)),
-            (Precision::Int8, true) => (DType::F32, Packing::Low(WeightFormat::Int8)),
+            (Precision::F32 | Precision::Bf16 | Precision::Int8, true) => (
+                DType::F32,
+                precision
+                    .packed_format()
+                    .map_or(Packing::Panels, Packing::Blocks),
+            ),
             (Precision::F32, false) => (DType::F32, Packing::None),
             (Precision::F16, false) => (DType::F16, Packing::None),
             (Precision::Bf16, false) => (DType::BF16, Packing::None),
@@ -296,7 +297,10 @@ impl ClipModel {
         // The text tower runs on candle; at bf16/int8 its products take the
         // packed weights too (half the memory of f32 ones), at f32 candle's
         // own layout.
-        if matches!(w.packing, Packing::Panels | Packing::Low(WeightFormat::F32)) {
+        if matches!(
+            w.packing,
+            Packing::Panels | Packing::Blocks(WeightFormat::F32)
+        ) {
             w.packing = Packing::None;
         }
         let text = load_text(&mut w, &config)?;
@@ -595,7 +599,7 @@ fn causal_mask(seq: usize, dtype: DType, device: &Device) -> candle_core::Result
 enum Packing {
     None,
     Panels,
-    Low(WeightFormat),
+    Blocks(WeightFormat),
 }
 
 /// Reads named tensors in the model's dtype and device.
@@ -702,8 +706,8 @@ impl Loader<'_> {
             .map_err(|e| self.op_err(name, e))?;
         drop(weight);
         let weight = match self.packing {
-            Packing::Low(kind) => {
-                LinearWeight::Low(Arc::new(PackedWeight::pack(&rows, out, inp, kind)))
+            Packing::Blocks(kind) => {
+                LinearWeight::Blocks(Arc::new(PackedWeight::pack(&rows, out, inp, kind)))
             }
             _ => {
                 let packed = crate::kernels::pack_panels(&rows, out, inp);

@@ -4,11 +4,11 @@
 
 pub mod clip;
 pub mod config;
-pub mod cpu;
+mod cpu;
 pub mod error;
 mod kernels;
-pub mod packed;
-pub mod precision;
+mod packed;
+mod precision;
 mod team;
 mod vision_cpu;
 pub mod weights;

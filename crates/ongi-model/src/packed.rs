@@ -11,9 +11,10 @@
 //! (elements `k` and `k + 1`: bf16 bits, or an int8 value widened to i16),
 //! the operand layout of every pair-dot-product instruction the CPUs have:
 //! AMX `tdpbf16ps`, AVX512-BF16 `vdpbf16ps`, VNNI `vpdpwssd`, AVX2
-//! `vpmaddwd`. Activations are read in place at f32 and converted per call
-//! otherwise (`[rows][k/2]` lanes); for the 16-bit formats `k` is padded to
-//! a multiple of 32 (one AMX tile row) and rows to 16 (one tile's height).
+//! `vpmaddwd`. Activations are packed per call: f32 into step-major tiles
+//! of the kernel's height (one step's broadcasts share a cache line), the
+//! 16-bit formats converted into `[rows][k/2]` lanes, with `k` padded to a
+//! multiple of 32 (one AMX tile row) and rows to 16 (one tile's height).
 //!
 //! **int8** is symmetric: one scale per output feature for the weights, one
 //! per row for the activations (`max |x| / 127`, computed per call). The
@@ -84,6 +85,11 @@ impl WeightFormat {
             Self::Bf16 | Self::Int8 => k.div_ceil(32) * 32,
         }
     }
+
+    /// Lanes a row of `k` values takes, padding included.
+    fn steps(self, k: usize) -> usize {
+        self.padded_k(k) / self.per_lane()
+    }
 }
 
 /// f32 → bf16 bits, rounding to nearest even (as PyTorch's `.to(bfloat16)`).
@@ -117,8 +123,6 @@ pub(crate) struct PackedWeight {
     pub(crate) out: usize,
     /// Input features (unpadded).
     pub(crate) k: usize,
-    /// `k` padded (see [`WeightFormat::padded_k`]).
-    kp: usize,
     /// `[blocks][steps][NB]` lanes.
     data: Vec<u32>,
     /// int8: the weight scale of every output feature; bf16: empty.
@@ -140,45 +144,45 @@ impl std::fmt::Debug for PackedWeight {
 impl PackedWeight {
     /// Converts and packs a row-major `[out, k]` f32 weight.
     pub(crate) fn pack(w: &[f32], out: usize, k: usize, kind: WeightFormat) -> Self {
-        let kp = kind.padded_k(k);
-        let steps = kp / kind.per_lane();
+        let steps = kind.steps(k);
         let blocks = out.div_ceil(NB);
         let scales: Vec<f32> = match kind {
             WeightFormat::Int8 => w.chunks_exact(k.max(1)).map(int8_scale).collect(),
             _ => Vec::new(),
         };
         let mut data = vec![0u32; blocks * steps * NB];
+        // One row's lanes, as an activation row would be packed, then
+        // spread out to its column of the block.
+        let mut lanes = vec![0u32; steps];
         for (o, row) in w.chunks_exact(k.max(1)).take(out).enumerate() {
-            let (blk, lane) = (o / NB, o % NB);
-            let base = blk * steps * NB + lane;
-            let conv = |v: f32| match kind {
-                WeightFormat::Int8 => int8_bits(v, 1.0 / scales[o]),
-                _ => bf16_bits(v),
-            };
-            if kind == WeightFormat::F32 {
-                for (j, v) in row.iter().enumerate() {
-                    data[base + j * NB] = v.to_bits();
+            match kind {
+                WeightFormat::F32 => {
+                    for (l, v) in lanes.iter_mut().zip(row) {
+                        *l = v.to_bits();
+                    }
                 }
-                continue;
+                WeightFormat::Bf16 => pack_pairs(row, &mut lanes, bf16_bits),
+                WeightFormat::Int8 => {
+                    let inv = 1.0 / scales[o];
+                    pack_pairs(row, &mut lanes, |v| int8_bits(v, inv));
+                }
             }
-            for (p, pair) in row.chunks(2).enumerate() {
-                let lo = conv(pair[0]);
-                let hi = pair.get(1).map_or(0, |&v| conv(v));
-                data[base + p * NB] = lo | (hi << 16);
+            let base = (o / NB) * steps * NB + o % NB;
+            for (j, l) in lanes.iter().enumerate() {
+                data[base + j * NB] = *l;
             }
         }
         Self {
             kind,
             out,
             k,
-            kp,
             data,
             scales,
         }
     }
 }
 
-/// One call's activations, converted and packed (`[rows_p][kp/2]` lanes,
+/// One call's activations, converted and packed (`[rows_p][steps]` lanes,
 /// or f32 row tiles).
 struct PackedRows {
     /// At least the packed lanes (a reused buffer may be longer).
@@ -187,38 +191,42 @@ struct PackedRows {
     rows_p: usize,
     /// int8: the scale of every row; bf16: empty.
     scales: Vec<f32>,
-    /// Lanes per row.
+    /// Lanes per row (f32: per tile row of `k`).
     lda: usize,
+    /// Lanes between one step of `k` and the next within a row: 1 for
+    /// rows, the tile height for f32 tiles.
+    step: usize,
 }
 
 fn pack_rows(
     x: &[f32],
     rows: usize,
     k: usize,
-    kp: usize,
     kind: WeightFormat,
     team: &Team,
 ) -> Result<PackedRows, ModelError> {
     let rows_p = rows.div_ceil(ROW_STEP) * ROW_STEP;
-    let lda = kp / 2;
+    let lda = kind.steps(k);
     // Rows past `rows` keep stale values: only the AMX kernel reads them,
     // into accumulator rows that are never used.
     let mut data = scratch(&ROWS_SCRATCH, rows_p * lda);
-    let scales: Vec<f32> = match kind {
-        WeightFormat::Int8 => x.chunks_exact(k.max(1)).map(int8_scale).collect(),
-        _ => Vec::new(),
-    };
+    let mut scales = vec![0.0f32; if kind == WeightFormat::Int8 { rows } else { 0 }];
     let ptr = SendPtr(data.as_mut_ptr().cast());
+    let scales_ptr = SendPtr(scales.as_mut_ptr());
     team.run(|share| {
         for r in part(rows, share, team.threads()) {
-            // SAFETY: row r of `data` (rows_p × lda lanes) belongs to this
-            // share alone, and `data` outlives the pass.
+            // SAFETY: row r of `data` (rows_p × lda lanes) and of `scales`
+            // (int8: rows) belong to this share alone, and both outlive the pass.
             let dst = unsafe {
                 std::slice::from_raw_parts_mut(ptr.get().cast::<u32>().add(r * lda), lda)
             };
             let src = &x[r * k..(r + 1) * k];
             match kind {
-                WeightFormat::Int8 => pack_row_int8(src, dst, 1.0 / scales[r]),
+                WeightFormat::Int8 => {
+                    let scale = int8_scale(src);
+                    unsafe { *scales_ptr.get().add(r) = scale };
+                    pack_row_int8(src, dst, 1.0 / scale);
+                }
                 _ => pack_row_bf16(src, dst),
             }
         }
@@ -227,6 +235,7 @@ fn pack_rows(
         data,
         scales,
         lda,
+        step: 1,
         rows_p,
     })
 }
@@ -287,52 +296,50 @@ fn pack_tiles_f32(
         data,
         scales: Vec::new(),
         lda: k,
+        step: mr,
         rows_p: rows,
     })
 }
 
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn pack_row_bf16(src: &[f32], dst: &mut [u32]) {
+/// Converts one row into lanes of two values each, zero-padding the rest
+/// of `dst` (the padding of `k` meets zero weights, but stale NaN bits would
+/// not multiply to zero).
+#[inline(always)]
+fn pack_pairs(src: &[f32], dst: &mut [u32], conv: impl Fn(f32) -> u32) {
     let mut pairs = src.chunks_exact(2);
     for (d, p) in dst.iter_mut().zip(&mut pairs) {
-        *d = bf16_bits(p[0]) | (bf16_bits(p[1]) << 16);
+        *d = conv(p[0]) | (conv(p[1]) << 16);
     }
     let mut filled = src.len() / 2;
     if let [last] = pairs.remainder() {
-        dst[filled] = bf16_bits(*last);
+        dst[filled] = conv(*last);
         filled += 1;
     }
-    // The padding of `k` meets zero weights, but stale NaN bits would not
-    // multiply to zero.
     dst[filled..].fill(0);
+}
+
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn pack_row_bf16(src: &[f32], dst: &mut [u32]) {
+    pack_pairs(src, dst, bf16_bits);
 }
 
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn pack_row_int8(src: &[f32], dst: &mut [u32], inv_scale: f32) {
-    let mut pairs = src.chunks_exact(2);
-    for (d, p) in dst.iter_mut().zip(&mut pairs) {
-        *d = int8_bits(p[0], inv_scale) | (int8_bits(p[1], inv_scale) << 16);
-    }
-    let mut filled = src.len() / 2;
-    if let [last] = pairs.remainder() {
-        dst[filled] = int8_bits(*last, inv_scale);
-        filled += 1;
-    }
-    dst[filled..].fill(0);
+    pack_pairs(src, dst, |v| int8_bits(v, inv_scale));
 }
 
-/// A micro-kernel: `c[0..mr][0..NB] (+)= a[0..mr] · b` over `steps` lanes
-/// of `k`, `a` rows `lda` lanes apart, `b` one block's lanes (`NB` per
-/// step), `c` rows `NB` apart; `load_c` adds to `c` instead of overwriting
-/// it. The f32 and bf16 kernels write f32, the int8 kernels i32.
+/// One micro-kernel call: `c[0..mr][0..NB] (+)= a[0..mr] · b` over `steps`
+/// lanes of `k`. `a` holds the rows `lda` lanes apart (f32: one tile of the
+/// kernel's height, step-major, `lda` unused), `b` one block's lanes (`NB`
+/// per step), `c` rows `NB` apart; `load_c` adds to `c` instead of
+/// overwriting it. The f32 and bf16 kernels write f32, the int8 kernels i32.
 ///
-/// # Safety
-/// `a` must hold `mr` rows (16 for the AMX kernel) of `steps` lanes (f32:
-/// one tile of the kernel's height, `[steps][height]`), `b`
-/// `steps × NB` lanes, `c` `mr` (AMX: 16) rows of `NB`; for the 16-bit
-/// formats `steps` must be a multiple of 16; the CPU must have the kernel's
-/// features.
-type MicroKernel = unsafe fn(
+/// A kernel may only be called with `a` holding `mr` rows (16 for the AMX
+/// kernel) of `steps` lanes, `b` `steps × NB` lanes, `c` `mr` (AMX: 16) rows
+/// of `NB`; for the 16-bit formats `steps` a multiple of 16; on a CPU with
+/// the kernel's features.
+#[derive(Clone, Copy)]
+struct Call {
     a: *const u32,
     lda: usize,
     b: *const u32,
@@ -340,10 +347,28 @@ type MicroKernel = unsafe fn(
     c: *mut u32,
     load_c: bool,
     mr: usize,
-);
+}
+
+impl Call {
+    /// The same call on the block's columns from `j` on (for kernels that
+    /// cover the block in narrower parts).
+    ///
+    /// # Safety
+    /// `j < NB`.
+    unsafe fn columns(self, j: usize) -> Self {
+        Self {
+            b: self.b.add(j),
+            c: self.c.add(j),
+            ..self
+        }
+    }
+}
+
+/// A micro-kernel (see [`Call`] for what it may be called with).
+type MicroKernel = unsafe fn(Call);
 
 /// One micro-kernel and what it needs.
-pub struct Kernel {
+pub(crate) struct Kernel {
     /// Name in logs and test output (`avx512-bf16`, `avx2-int8`, …).
     pub name: &'static str,
     /// The precision it computes.
@@ -365,7 +390,7 @@ impl Kernel {
 
 /// Every kernel, fastest first within each precision; the portable ones
 /// last, so selection always ends on something.
-pub static KERNELS: &[Kernel] = &[
+pub(crate) static KERNELS: &[Kernel] = &[
     #[cfg(target_arch = "x86_64")]
     Kernel {
         name: "avx2-f32",
@@ -591,7 +616,7 @@ pub(crate) fn reference(
 }
 
 /// `dst[rows, out] = act(x[rows, k] · Wᵀ + bias)` or `dst += x · Wᵀ + bias`
-/// with `W` packed at low precision, on the kernel this CPU runs best.
+/// with `W` packed into blocks, on the kernel this CPU runs best.
 pub(crate) fn linear(
     x: &[f32],
     rows: usize,
@@ -634,21 +659,19 @@ pub(crate) fn linear_with(
             kernel.name, kernel.needs
         )));
     }
-    // f32 activations are copied into row tiles of the kernel's height,
-    // step-major (each step's `mr` values adjacent: the broadcasts of one
-    // step are then one cache line); the 16-bit formats convert them.
     let converted = if w.kind == WeightFormat::F32 {
         pack_tiles_f32(x, rows, k, kernel.mr, team)?
     } else {
-        pack_rows(x, rows, k, w.kp, w.kind, team)?
+        pack_rows(x, rows, k, w.kind, team)?
     };
-    let (a, lda, a_scales, rows_p) = (
+    let (a, lda, step, a_scales, rows_p) = (
         &converted.data[..],
         converted.lda,
+        converted.step,
         &converted.scales[..],
         converted.rows_p,
     );
-    let steps = w.kp / w.kind.per_lane();
+    let steps = w.kind.steps(k);
     let blocks = out.div_ceil(NB);
     let dst_ptr = SendPtr(dst.as_mut_ptr());
     let done = team.run(|share| {
@@ -665,29 +688,23 @@ pub(crate) fn linear_with(
                     let mr = kernel.mr.min(rows - r0);
                     // SAFETY: `a` holds rows_p rows of lda ≥ steps lanes (the
                     // 16-bit formats pad rows to 16, and only the AMX kernel,
-                    // 16 rows per call, reads past `mr`); the call reads lanes
-                    // s0..s0 + sc of rows r0..r0 + mr. `b` is this block's
-                    // steps × NB lanes, read from step s0; `acc` holds rows_p ×
-                    // NB. For the 16-bit formats steps and KC_STEPS are
-                    // multiples of 16, so sc is. `kernel.available()` was
+                    // 16 rows per call, reads past `mr`; f32 tiles start at
+                    // r0 · k, a multiple of the tile height); the call reads
+                    // steps s0..s0 + sc of rows r0..r0 + mr. `b` is this
+                    // block's steps × NB lanes, read from step s0; `acc` holds
+                    // rows_p × NB. For the 16-bit formats steps and KC_STEPS
+                    // are multiples of 16, so sc is. `kernel.available()` was
                     // checked above.
-                    // (f32: tile r0 / mr starts at r0 · k, its step s0 at
-                    // r0 · k + s0 · mr, inside the tiles' rows.div_ceil(mr) · mr · k.)
-                    let a_at = if w.kind == WeightFormat::F32 {
-                        r0 * lda + s0 * kernel.mr
-                    } else {
-                        r0 * lda + s0
-                    };
                     unsafe {
-                        (kernel.run)(
-                            a.as_ptr().add(a_at),
+                        (kernel.run)(Call {
+                            a: a.as_ptr().add(r0 * lda + s0 * step),
                             lda,
-                            b.as_ptr().add(s0 * NB),
-                            sc,
-                            acc.as_mut_ptr().add(r0 * NB),
-                            s0 > 0,
+                            b: b.as_ptr().add(s0 * NB),
+                            steps: sc,
+                            c: acc.as_mut_ptr().add(r0 * NB),
+                            load_c: s0 > 0,
                             mr,
-                        );
+                        });
                     }
                     r0 += kernel.mr;
                 }
@@ -784,7 +801,7 @@ unsafe fn finish_block<'a>(
 /// kernels over panel-packed weights reached ~60 % of the FMA peak and
 /// ONNX Runtime ran 1.2–1.5× faster; on AVX-512 CPUs gemm's kernels are kept
 /// (measured ≥ 1.0× ONNX Runtime on Zen 4).
-pub fn f32_blocked_preferred() -> bool {
+pub(crate) fn f32_blocked_preferred() -> bool {
     let f = CpuFeatures::get();
     f.avx2_fma && !f.avx512
 }
@@ -795,19 +812,22 @@ const PORTABLE_F32_TILE: usize = 4;
 /// b[p][j])` with accumulators of type `T` kept in `c` as their 32 bits.
 ///
 /// # Safety
-/// As [`MicroKernel`]; `lane` must read inside `a`.
+/// As [`Call`]; `lane` must read inside `a`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn portable<T: Copy>(
+    call: Call,
     lane: impl Fn(usize, usize) -> u32,
-    b: *const u32,
-    steps: usize,
-    c: *mut u32,
-    load_c: bool,
-    mr: usize,
     (zero, from_bits, to_bits): Bits<T>,
     mac: impl Fn(T, u32, u32) -> T,
 ) {
+    let Call {
+        b,
+        steps,
+        c,
+        load_c,
+        mr,
+        ..
+    } = call;
     for r in 0..mr {
         let mut acc = [zero; NB];
         if load_c {
@@ -843,51 +863,31 @@ fn i16_halves(v: u32) -> (i32, i32) {
 }
 
 /// Portable f32 (`a` a tile of 4 rows, step-major).
-unsafe fn portable_f32(
-    a: *const u32,
-    _lda: usize,
-    b: *const u32,
-    steps: usize,
-    c: *mut u32,
-    load_c: bool,
-    mr: usize,
-) {
-    let lane = |r: usize, p: usize| unsafe { *a.add(p * PORTABLE_F32_TILE + r) };
-    portable(lane, b, steps, c, load_c, mr, F32_BITS, |acc, x, w| {
+unsafe fn portable_f32(call: Call) {
+    let lane = |r: usize, p: usize| unsafe { *call.a.add(p * PORTABLE_F32_TILE + r) };
+    portable(call, lane, F32_BITS, |acc, x, w| {
         acc + f32::from_bits(x) * f32::from_bits(w)
     });
 }
 
+/// Lane `p` of row `r` of a call's rows.
+fn row_lane(call: Call) -> impl Fn(usize, usize) -> u32 {
+    // SAFETY: the portable kernels read only rows < mr, lanes < steps.
+    move |r, p| unsafe { *call.a.add(r * call.lda + p) }
+}
+
 /// Portable bf16: widens both halves to f32 and multiplies in f32.
-unsafe fn portable_bf16(
-    a: *const u32,
-    lda: usize,
-    b: *const u32,
-    pairs: usize,
-    c: *mut u32,
-    load_c: bool,
-    mr: usize,
-) {
-    let lane = |r: usize, p: usize| unsafe { *a.add(r * lda + p) };
-    portable(lane, b, pairs, c, load_c, mr, F32_BITS, |acc, x, w| {
+unsafe fn portable_bf16(call: Call) {
+    portable(call, row_lane(call), F32_BITS, |acc, x, w| {
         let ((xl, xh), (wl, wh)) = (bf16_halves(x), bf16_halves(w));
         acc + xl * wl + xh * wh
     });
 }
 
 /// Portable int8: i16 pair products summed in i32.
-unsafe fn portable_int8(
-    a: *const u32,
-    lda: usize,
-    b: *const u32,
-    pairs: usize,
-    c: *mut u32,
-    load_c: bool,
-    mr: usize,
-) {
-    let lane = |r: usize, p: usize| unsafe { *a.add(r * lda + p) };
+unsafe fn portable_int8(call: Call) {
     let bits: Bits<i32> = (0, |v| v as i32, |v| v as u32);
-    portable(lane, b, pairs, c, load_c, mr, bits, |acc, x, w| {
+    portable(call, row_lane(call), bits, |acc, x, w| {
         let ((xl, xh), (wl, wh)) = (i16_halves(x), i16_halves(w));
         acc + xl * wl + xh * wh
     });
@@ -901,13 +901,14 @@ mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    use super::NB;
+    use super::{Call, NB};
 
-    /// Expands to a `match mr` over the const-generic row counts 1..=N.
+    /// Calls `$f::<MR>(call)` for the call's row count, over the
+    /// const-generic row counts given.
     macro_rules! by_rows {
-        ($f:ident, $mr:expr, $args:tt ; $($n:literal)*) => {
-            match $mr {
-                $($n => $f::<$n> $args,)*
+        ($f:ident, $call:expr; $($n:literal)*) => {
+            match $call.mr {
+                $($n => $f::<$n>($call),)*
                 _ => {}
             }
         };
@@ -918,31 +919,24 @@ mod x86 {
     /// 12 FMAs to 8 loads, so the FMA units, not the loads, bound it. `a` is
     /// a tile of 6 rows, step-major.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2_f32(
-        a: *const u32,
-        _lda: usize,
-        b: *const u32,
-        steps: usize,
-        c: *mut u32,
-        load_c: bool,
-        mr: usize,
-    ) {
+    pub(super) unsafe fn avx2_f32(call: Call) {
         for half in 0..2 {
-            let (b, c) = (b.add(half * 16), c.add(half * 16));
-            by_rows!(avx2_f32_rows, mr, (a.cast(), b, steps, c, load_c); 1 2 3 4 5 6);
+            by_rows!(avx2_f32_rows, call.columns(half * 16); 1 2 3 4 5 6);
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn avx2_f32_rows<const MR: usize>(
-        a: *const f32,
-        b: *const u32,
-        steps: usize,
-        c: *mut u32,
-        load_c: bool,
-    ) {
+    unsafe fn avx2_f32_rows<const MR: usize>(call: Call) {
         const TILE: usize = 6;
+        let Call {
+            a,
+            b,
+            steps,
+            c,
+            load_c,
+            ..
+        } = call;
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         if load_c {
             for (r, acc) in acc.iter_mut().enumerate() {
@@ -951,7 +945,7 @@ mod x86 {
             }
         }
         let mut b = b.cast::<f32>();
-        let mut a = a;
+        let mut a = a.cast::<f32>();
         // Two steps per iteration: the loop's own instructions otherwise
         // take a fifth of the issue slots the 12 FMAs need.
         let step = |acc: &mut [[__m256; 2]; MR], a: *const f32, b: *const f32| {
@@ -982,31 +976,24 @@ mod x86 {
     /// mask), two FMAs per lane. No faster than f32 in arithmetic, but half
     /// the weight bytes; for CPUs without native bf16 that are asked for it.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2_bf16(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        pairs: usize,
-        c: *mut u32,
-        load_c: bool,
-        mr: usize,
-    ) {
+    pub(super) unsafe fn avx2_bf16(call: Call) {
         for half in 0..2 {
-            let (b, c) = (b.add(half * 16), c.add(half * 16));
-            by_rows!(avx2_bf16_rows, mr, (a, lda, b, pairs, c, load_c); 1 2 3 4);
+            by_rows!(avx2_bf16_rows, call.columns(half * 16); 1 2 3 4);
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn avx2_bf16_rows<const MR: usize>(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        pairs: usize,
-        c: *mut u32,
-        load_c: bool,
-    ) {
+    unsafe fn avx2_bf16_rows<const MR: usize>(call: Call) {
+        let Call {
+            a,
+            lda,
+            b,
+            steps: pairs,
+            c,
+            load_c,
+            ..
+        } = call;
         let mask = _mm256_set1_epi32(0xffff_0000u32 as i32);
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         if load_c {
@@ -1038,7 +1025,7 @@ mod x86 {
         }
     }
 
-    /// A pair-product kernel over `$bits`-bit vectors of 32-bit lanes: two
+    /// A pair-product kernel over vectors of `$lanes` 32-bit lanes: two
     /// accumulators per row cover `2 × $lanes` columns (one call per such
     /// part of the block); each step loads two weight vectors and, per row,
     /// broadcasts one activation lane and applies `$step` to
@@ -1053,31 +1040,16 @@ mod x86 {
         ) => {
             $(#[$doc])*
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name(
-                a: *const u32,
-                lda: usize,
-                b: *const u32,
-                pairs: usize,
-                c: *mut u32,
-                load_c: bool,
-                mr: usize,
-            ) {
+            pub(super) unsafe fn $name(call: Call) {
                 for part in 0..NB / (2 * $lanes) {
-                    let (b, c) = (b.add(part * 2 * $lanes), c.add(part * 2 * $lanes));
-                    by_rows!($rows, mr, (a, lda, b, pairs, c, load_c); $($mr)*);
+                    by_rows!($rows, call.columns(part * 2 * $lanes); $($mr)*);
                 }
             }
 
             #[target_feature(enable = $features)]
             #[inline]
-            unsafe fn $rows<const MR: usize>(
-                a: *const u32,
-                lda: usize,
-                b: *const u32,
-                pairs: usize,
-                c: *mut u32,
-                load_c: bool,
-            ) {
+            unsafe fn $rows<const MR: usize>(call: Call) {
+                let Call { a, lda, b, steps: pairs, c, load_c, .. } = call;
                 let mut acc = [[$zero; 2]; MR];
                 if load_c {
                     for (r, acc) in acc.iter_mut().enumerate() {
@@ -1169,16 +1141,16 @@ mod x86 {
     /// Tile registers are not known to the compiler, so they keep their
     /// contents between the `asm!` blocks below; nothing else in the
     /// process uses them.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn amx_bf16(
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        pairs: usize,
-        c: *mut u32,
-        load_c: bool,
-        _mr: usize,
-    ) {
+    pub(super) unsafe fn amx_bf16(call: Call) {
+        let Call {
+            a,
+            lda,
+            b,
+            steps: pairs,
+            c,
+            load_c,
+            ..
+        } = call;
         let stride_a = lda * 4;
         let stride_bc = NB * 4;
         let c_hi = c.add(16);

@@ -3,6 +3,7 @@
 use candle_core::Device;
 
 use crate::cpu::CpuFeatures;
+use crate::packed::{self, WeightFormat};
 
 /// Numeric precision of the model's computation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +59,28 @@ impl Precision {
                 Self::F32,
                 format!("CPU has no native bf16 dot products ({flags})"),
             )
+        }
+    }
+
+    /// The packed-weight format the fused CPU forward uses at this
+    /// precision; `None` where it uses gemm's f32 panels (f32 on CPUs with
+    /// AVX-512) or does not run (f16).
+    pub(crate) fn packed_format(self) -> Option<WeightFormat> {
+        match self {
+            Self::F32 if packed::f32_blocked_preferred() => Some(WeightFormat::F32),
+            Self::Bf16 => Some(WeightFormat::Bf16),
+            Self::Int8 => Some(WeightFormat::Int8),
+            Self::F32 | Self::F16 => None,
+        }
+    }
+
+    /// The kernel this precision's CPU matrix products run on here
+    /// (chosen, and checked, on first use).
+    pub fn cpu_kernel(self) -> &'static str {
+        match (self.packed_format(), self) {
+            (Some(format), _) => packed::kernel_choice(format).name,
+            (None, Self::F32) => "gemm f32",
+            (None, _) => "candle f16",
         }
     }
 

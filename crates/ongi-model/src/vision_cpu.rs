@@ -50,8 +50,8 @@ impl<'a> Held<'a> {
 enum HeldWeight<'a> {
     /// f32 panels for gemm.
     Panels(Held<'a>),
-    /// bf16 or int8 blocks for the low-precision kernels.
-    Low(&'a PackedWeight),
+    /// Blocks for the packed kernels (f32, bf16 or int8).
+    Blocks(&'a PackedWeight),
 }
 
 /// A linear layer's packed weight and optional bias, held.
@@ -65,7 +65,7 @@ impl<'a> HeldLinear<'a> {
     fn new(l: &'a Linear) -> Result<Self, ModelError> {
         let (weight, out) = match &l.weight {
             LinearWeight::Panels(t) => (HeldWeight::Panels(Held::new(t)?), t.dim(0)?),
-            LinearWeight::Low(p) => (HeldWeight::Low(p), p.out),
+            LinearWeight::Blocks(p) => (HeldWeight::Blocks(p), p.out),
             LinearWeight::Dense(_) => {
                 return Err(ModelError::Internal(
                     "fused CPU forward: weights were not packed at load".into(),
@@ -100,7 +100,7 @@ impl<'a> HeldLinear<'a> {
                 let k = w.len().checked_div(self.out).unwrap_or(0);
                 kernels::linear(x, rows, k, w, self.out, dst, epi, team)
             }
-            HeldWeight::Low(w) => packed::linear(x, rows, w, dst, epi, team),
+            HeldWeight::Blocks(w) => packed::linear(x, rows, w, dst, epi, team),
         }
     }
 }
