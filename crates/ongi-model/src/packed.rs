@@ -771,27 +771,54 @@ unsafe fn finish_block<'a>(
     } = block;
     for (r, tile) in acc.chunks_exact_mut(NB).enumerate() {
         let tile = &mut tile[..width];
-        if let Some((row_scales, feature_scales)) = int8 {
-            let rs = row_scales[r];
-            for (v, s) in tile.iter_mut().zip(feature_scales) {
-                *v = (*v as i32 as f32 * rs * s).to_bits();
-            }
-        }
-        let values: &mut [f32] = bytemuck::cast_slice_mut(tile);
-        if let Some(b) = bias {
-            for (v, b) in values.iter_mut().zip(b) {
-                *v += b;
-            }
-        }
+        let scales = int8.map(|(rows, features)| (rows[r], features));
         // SAFETY: the caller's contract: row r's block columns are ours.
         let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * out + first), width) };
-        if accumulate {
-            for (d, v) in row.iter_mut().zip(values.iter()) {
-                *d += v;
-            }
+        // Full blocks (all but a layer's last, if any) get fixed-length
+        // loops, unrolled into a few vector instructions; loops of run-time
+        // length 32 cost more in set-up (and a `memcpy` call) than in work.
+        if let (Ok(tile), Ok(row)) = (
+            <&mut [u32; NB]>::try_from(&mut *tile),
+            <&mut [f32; NB]>::try_from(&mut *row),
+        ) {
+            finish_row(tile, row, bias, scales, accumulate, act);
         } else {
-            kernels::activate(values, act);
-            row.copy_from_slice(values);
+            finish_row(tile, row, bias, scales, accumulate, act);
+        }
+    }
+}
+
+/// One row of [`finish_block`]: the accumulators scaled (int8: by the row's
+/// and each feature's scale), plus the bias, then activated into `row` or
+/// added to it.
+#[inline(always)]
+fn finish_row(
+    tile: &mut [u32],
+    row: &mut [f32],
+    bias: Option<&[f32]>,
+    int8: Option<(f32, &[f32])>,
+    accumulate: bool,
+    act: Option<Activation>,
+) {
+    if let Some((rs, feature_scales)) = int8 {
+        for (v, s) in tile.iter_mut().zip(feature_scales) {
+            *v = (*v as i32 as f32 * rs * s).to_bits();
+        }
+    }
+    let values: &mut [f32] = bytemuck::cast_slice_mut(tile);
+    if let Some(b) = bias {
+        for (v, b) in values.iter_mut().zip(b) {
+            *v += b;
+        }
+    }
+    if accumulate {
+        for (d, v) in row.iter_mut().zip(values.iter()) {
+            *d += v;
+        }
+    } else {
+        kernels::activate(values, act);
+        for (d, v) in row.iter_mut().zip(values.iter()) {
+            *d = *v;
         }
     }
 }
