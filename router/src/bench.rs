@@ -31,7 +31,10 @@ use crate::pipeline::DecodeArgs;
 /// Arguments of `ongi bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Hugging Face CLIP model directory.
+    /// CLIP model: a directory (config.json, model.safetensors, tokenizer.json,
+    /// preprocessor_config.json) or a Hugging Face hub id `org/name[@revision]`,
+    /// fetched once into the Hugging Face cache (`HF_HOME`, `HF_ENDPOINT`,
+    /// `HF_TOKEN`, `HF_HUB_OFFLINE`).
     #[arg(long, env = "ONGI_MODEL")]
     pub model: PathBuf,
     /// Batch sizes to time, comma-separated.

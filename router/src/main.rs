@@ -4,10 +4,12 @@ mod analyze;
 mod bench;
 mod compute;
 mod embed;
+mod hub;
 mod inputs;
 mod loadtest;
 mod pipeline;
 mod progress;
+mod report;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -40,7 +42,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     init_tracing();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(err) = resolve_model(&mut cli.command) {
+        eprintln!("error: {err:#}");
+        return std::process::ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Embed(args) => embed::run(args),
         Command::Analyze(args) => analyze::run(args).map(|()| std::process::ExitCode::SUCCESS),
@@ -55,6 +61,20 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// Replaces a command's `--model` hub id by the cached snapshot directory
+/// (downloading it first if needed), before anything else starts.
+fn resolve_model(command: &mut Command) -> anyhow::Result<()> {
+    let model = match command {
+        Command::Embed(args) => &mut args.model,
+        Command::Analyze(args) => &mut args.pipeline.model,
+        Command::Serve(args) => &mut args.pipeline.model,
+        Command::Bench(args) => &mut args.model,
+        Command::Loadtest(_) => return Ok(()),
+    };
+    *model = hub::resolve(model)?;
+    Ok(())
 }
 
 /// Logs go to stderr so that stdout stays machine-readable. `RUST_LOG`

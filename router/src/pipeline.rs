@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use ongi_core::analysis::quality::QualityConfig;
 use ongi_core::analysis::score::ScoreHead;
 use ongi_core::analysis::taxonomy::Taxonomy;
-use ongi_core::analysis::{AnalysisConfig, Analyzer};
+use ongi_core::analysis::{AnalysisConfig, Analyzer, QueryEncoder};
 use ongi_core::batcher::{Batcher, BatcherConfig};
 use ongi_core::embedding::{EmbeddingService, PipelineConfig};
 use ongi_core::encoder::{ClipImageEncoder, ClipTextEncoder};
@@ -24,7 +24,10 @@ use crate::compute::{Compute, ComputeArgs};
 /// Model, cache and batching flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PipelineArgs {
-    /// Hugging Face CLIP model directory.
+    /// CLIP model: a directory (config.json, model.safetensors, tokenizer.json,
+    /// preprocessor_config.json) or a Hugging Face hub id `org/name[@revision]`,
+    /// fetched once into the Hugging Face cache (`HF_HOME`, `HF_ENDPOINT`,
+    /// `HF_TOKEN`, `HF_HUB_OFFLINE`).
     #[arg(long, env = "ONGI_MODEL")]
     pub model: PathBuf,
     /// Feature store: a file path (embedded redb store) or `redis://host:port/db`.
@@ -122,6 +125,8 @@ pub struct Pipeline {
     pub embedding: EmbeddingService,
     /// Album analysis over the store.
     pub analyzer: Analyzer,
+    /// Text embeddings of search queries (cached in the store).
+    pub queries: QueryEncoder,
     /// The feature store (also inside `embedding`).
     pub store: Arc<dyn FeatureStore>,
     /// Where photos come from, as clients may be told (no local path, no endpoint).
@@ -131,12 +136,14 @@ pub struct Pipeline {
 }
 
 /// Loads the model, opens source and store, starts the inference worker and
-/// prepares the analyzer. Must run inside a tokio runtime.
+/// prepares the analyzer; with `thumbnails`, newly embedded photos also get a
+/// stored thumbnail of that many pixels. Must run inside a tokio runtime.
 pub async fn build(
     args: &PipelineArgs,
     analysis: &AnalysisArgs,
     images: &str,
     compute: Compute,
+    thumbnails: Option<u32>,
 ) -> Result<Pipeline> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -215,7 +222,10 @@ pub async fn build(
         .as_deref()
         .map(ScoreHead::from_file)
         .transpose()?;
-    let text = ClipTextEncoder::new(model.clone(), ClipTokenizer::from_model_dir(&args.model)?);
+    let text = Arc::new(ClipTextEncoder::new(
+        model.clone(),
+        ClipTokenizer::from_model_dir(&args.model)?,
+    ));
     let analyzer = Analyzer::prepare(
         config,
         quality,
@@ -226,6 +236,7 @@ pub async fn build(
         &model_id,
     )
     .await?;
+    let queries = QueryEncoder::new(text, store.clone(), model_id.clone());
 
     let precision = compute.describe_precision();
     tracing::info!(
@@ -253,11 +264,13 @@ pub async fn build(
             max_pixels: args.max_image_pixels,
             decode_mode,
             request_timeout: Some(request_timeout),
+            thumbnails,
         },
     );
     Ok(Pipeline {
         embedding,
         analyzer,
+        queries,
         store,
         source_public,
         precision,

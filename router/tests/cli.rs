@@ -155,3 +155,51 @@ fn analyze_prints_the_album_report() {
         .sum();
     assert_eq!(scored, photo_names().len());
 }
+
+#[test]
+fn analyze_query_prints_the_search_ranking() {
+    let model = tiny_model();
+    let store = tempfile::tempdir().unwrap();
+    let store_file = store.path().join("f.redb");
+    let photos = fixtures().join("photos");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "analyze",
+            "--model",
+            model.to_str().unwrap(),
+            "--store",
+            store_file.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        args.push(photos.to_str().unwrap());
+        ongi(&args)
+    };
+    let (code, stdout, stderr) = run(&["--query", "a red car", "--top-k", "3"]);
+    assert_eq!(code, 0, "{stderr}");
+    let ranked: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(ranked.len(), 3, "{stdout}");
+    let scores: Vec<f64> = ranked
+        .iter()
+        .map(|e| e["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{stdout}");
+    let keys: std::collections::HashSet<&str> = ranked
+        .iter()
+        .map(|e| e["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 3);
+    assert!(
+        keys.iter().all(|k| photo_names().iter().any(|n| n == k)),
+        "{stdout}"
+    );
+
+    let (code, _, stderr) = run(&["--query", "   "]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--query: query must not be empty"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&["--query", "a", "--top-k", "0"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("top-k"), "{stderr}");
+}

@@ -128,6 +128,12 @@ pub struct EmbeddingService {
     max_pixels: u64,
     decode_mode: preprocess::DecodeMode,
     request_timeout: Option<Duration>,
+    thumbnails: Option<u32>,
+}
+
+/// Name of a photo's thumbnail blob in the store.
+fn thumbnail_blob(key: &str) -> String {
+    format!("thumb:v1:{key}")
 }
 
 /// Settings of the pipeline besides its parts.
@@ -143,6 +149,10 @@ pub struct PipelineConfig {
     /// Deadline of one [`EmbeddingService::embed`] call: photos not embedded by
     /// then fail with "deadline exceeded" and the finished ones are kept.
     pub request_timeout: Option<Duration>,
+    /// Also store a JPEG thumbnail of each newly embedded photo, at most this
+    /// many pixels on its longer side, made from the pixels decoded for the
+    /// model (see [`EmbeddingService::thumbnails`]).
+    pub thumbnails: Option<u32>,
 }
 
 impl Default for PipelineConfig {
@@ -152,6 +162,7 @@ impl Default for PipelineConfig {
             max_pixels: preprocess::DEFAULT_MAX_PIXELS,
             decode_mode: preprocess::DecodeMode::default(),
             request_timeout: None,
+            thumbnails: None,
         }
     }
 }
@@ -178,6 +189,7 @@ impl EmbeddingService {
             max_pixels: config.max_pixels,
             decode_mode: config.decode_mode,
             request_timeout: config.request_timeout,
+            thumbnails: config.thumbnails,
         }
     }
 
@@ -256,11 +268,13 @@ impl EmbeddingService {
 
         let mut failed = Vec::new();
         let mut records = Vec::new();
+        let mut thumbnails = Vec::new();
         let mut per_image = Vec::new();
         for (key, result) in missing.iter().zip(results) {
             match result {
-                Ok((record, t)) => {
+                Ok((record, thumbnail, t)) => {
                     records.push((key.clone(), record));
+                    thumbnails.extend(thumbnail.map(|jpeg| (thumbnail_blob(key), jpeg)));
                     per_image.push(t);
                 }
                 Err(reason) => failed.push(ImageFailure {
@@ -272,6 +286,9 @@ impl EmbeddingService {
         let store_started = Instant::now();
         if !records.is_empty() {
             self.store.put_many(&self.model_id, &records).await?;
+        }
+        for (name, jpeg) in &thumbnails {
+            self.store.put_blob(&self.model_id, name, jpeg).await?;
         }
         store_time += store_started.elapsed();
 
@@ -310,7 +327,7 @@ impl EmbeddingService {
         &self,
         key: &str,
         slot: Slot,
-    ) -> Result<(FeatureRecord, ImageTimings), String> {
+    ) -> Result<(FeatureRecord, Option<Vec<u8>>, ImageTimings), String> {
         let started = Instant::now();
         let bytes = {
             let _permit = self
@@ -322,15 +339,13 @@ impl EmbeddingService {
         };
         let load = started.elapsed();
 
-        // Decoding is CPU work: it runs on the bounded decode pool, never on
-        // the async runtime's threads.
         let cfg = self.preprocess.clone();
         let max_pixels = self.max_pixels;
         let min_edge = self.decode_mode.min_decode_size(&cfg);
-        let (tx, rx) = oneshot::channel();
-        self.decode_pool.spawn(move || {
+        let thumbnail_side = self.thumbnails;
+        let decoded = self.on_decode_pool(move || {
             let t = Instant::now();
-            let out = preprocess::decode_image_scaled(&bytes, max_pixels, min_edge).and_then(|d| {
+            preprocess::decode_image_scaled(&bytes, max_pixels, min_edge).and_then(|d| {
                 let decode = t.elapsed();
                 let t = Instant::now();
                 let pixels = preprocess::preprocess_decoded(&d, &cfg);
@@ -343,14 +358,13 @@ impl EmbeddingService {
                     height: d.height,
                     ..features::pixel_features(&grey)
                 };
-                Ok((pixels, pixel_features, decode, t.elapsed()))
-            });
-            let _ = tx.send(out);
+                let thumbnail = thumbnail_side
+                    .map(|side| preprocess::thumbnail_jpeg(&d, side))
+                    .transpose()?;
+                Ok((pixels, pixel_features, thumbnail, decode, t.elapsed()))
+            })
         });
-        let (pixels, px, decode, preprocess) = rx
-            .await
-            .map_err(|_| "decode worker stopped".to_string())?
-            .map_err(|e| e.to_string())?;
+        let (pixels, px, thumbnail, decode, preprocess) = decoded.await?;
 
         let embedded = slot.embed(pixels).await.map_err(|e| e.to_string())?;
         let record = FeatureRecord {
@@ -367,7 +381,74 @@ impl EmbeddingService {
             queue_wait: embedded.queue_wait,
             embed: embedded.embed_time,
         };
-        Ok((record, timings))
+        Ok((record, thumbnail, timings))
+    }
+
+    /// Runs pixel work on the bounded decode pool (it is CPU work, never for
+    /// the async runtime's threads) and awaits its answer.
+    fn on_decode_pool<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, preprocess::PreprocessError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, String>> {
+        let (tx, rx) = oneshot::channel();
+        self.decode_pool.spawn(move || {
+            let _ = tx.send(work());
+        });
+        async move {
+            rx.await
+                .map_err(|_| "decode worker stopped".to_string())?
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// The stored thumbnail of each key (`None` where there is none). Photos
+    /// embedded while [`PipelineConfig::thumbnails`] was off have none.
+    pub async fn thumbnails(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, EmbedError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(
+                self.store
+                    .get_blob(&self.model_id, &thumbnail_blob(key))
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Makes and stores the thumbnail of each key that lacks one (photos
+    /// embedded before thumbnails were asked for): fetched and decoded
+    /// again, as no pixels of theirs are at hand. Returns the failures.
+    pub async fn make_thumbnails(
+        &self,
+        keys: &[String],
+        long_side: u32,
+    ) -> Result<Vec<ImageFailure>, EmbedError> {
+        let mut failed = Vec::new();
+        for key in keys {
+            let made = async {
+                let bytes = self.source.fetch(key).await.map_err(|e| e.to_string())?;
+                let max_pixels = self.max_pixels;
+                let min_edge = self.decode_mode.min_decode_size(&self.preprocess);
+                self.on_decode_pool(move || {
+                    preprocess::decode_image_scaled(&bytes, max_pixels, min_edge)
+                        .and_then(|d| preprocess::thumbnail_jpeg(&d, long_side))
+                })
+                .await
+            }
+            .await;
+            match made {
+                Ok(jpeg) => {
+                    self.store
+                        .put_blob(&self.model_id, &thumbnail_blob(key), &jpeg)
+                        .await?
+                }
+                Err(reason) => failed.push(ImageFailure {
+                    key: key.clone(),
+                    reason,
+                }),
+            }
+        }
+        Ok(failed)
     }
 }
 

@@ -56,6 +56,9 @@ pub enum PreprocessError {
         /// The decoder's explanation.
         reason: String,
     },
+    /// The thumbnail could not be encoded.
+    #[error("cannot encode the thumbnail: {0}")]
+    Thumbnail(String),
     /// The configuration file exists but could not be read.
     #[error("cannot read {}: {source}", path.display())]
     ConfigRead {
@@ -246,6 +249,34 @@ fn preprocess_box(
         }
     }
     out
+}
+
+/// A small JPEG of the photo, at most `long_side` pixels on its longer side,
+/// made from pixels already decoded for the model (a possibly reduced
+/// decode is still far larger than a thumbnail), so it costs no second
+/// decode. Quality 75: a 160-pixel thumbnail is a few kilobytes.
+pub fn thumbnail_jpeg(decoded: &DecodedImage, long_side: u32) -> Result<Vec<u8>, PreprocessError> {
+    let img = &decoded.image;
+    let [x0, y0, x1, y1] = decoded.source_box;
+    // The photo's own pixels: a reduced decode can carry a partial block past
+    // its edge.
+    let (w, h) = (
+        ((x1 - x0).round() as u32).clamp(1, img.width().max(1)),
+        ((y1 - y0).round() as u32).clamp(1, img.height().max(1)),
+    );
+    let view = image::imageops::crop_imm(img, x0.max(0.0) as u32, y0.max(0.0) as u32, w, h);
+    let long = w.max(h);
+    let scale = (f64::from(long_side.max(1)) / f64::from(long)).min(1.0);
+    let (tw, th) = (
+        ((f64::from(w) * scale).round() as u32).max(1),
+        ((f64::from(h) * scale).round() as u32).max(1),
+    );
+    let small = image::imageops::thumbnail(&*view, tw, th);
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 75)
+        .encode_image(&small)
+        .map_err(|e| PreprocessError::Thumbnail(e.to_string()))?;
+    Ok(out)
 }
 
 /// Decodes (in `mode`, with [`DEFAULT_MAX_PIXELS`]) then preprocesses.

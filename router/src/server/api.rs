@@ -42,6 +42,29 @@ pub struct ScoreRequest {
     pub categories: Vec<CategoryImages>,
 }
 
+/// Body of `POST /api/albums/search`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// Object keys to search among (each needs cached features).
+    pub images: Vec<String>,
+    /// What to look for, in words (e.g. `a dog on the beach`).
+    pub query: String,
+    /// How many photos to answer at most (default 10).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+}
+
+/// The answer of `POST /api/albums/search`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResponse {
+    /// `success`.
+    pub message: String,
+    /// The best-matching photos, best first; `score` is the cosine between
+    /// the photo's and the query's CLIP embeddings.
+    pub data: Vec<ImageScore>,
+}
+
 /// One photo's highlight score.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ImageScore {
@@ -203,9 +226,21 @@ impl IntoResponse for ApiError {
 /// Bodies are parsed here rather than by axum's `Json` extractor so that every
 /// malformed body gets the contract's 400 envelope (axum would answer 415/422
 /// in its own format).
+/// The reason names the field at fault (`top_k: invalid value ...`).
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidRequest(format!("malformed request body: {e}")))
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        ApiError::InvalidRequest(format!("malformed request body: {at}{}", e.inner()))
+    })?;
+    json.end()
+        .map_err(|e| ApiError::InvalidRequest(format!("malformed request body: {e}")))?;
+    Ok(value)
 }
 
 /// Checks the `images` list of a request and drops repeated keys (first occurrence kept).
@@ -247,6 +282,14 @@ mod tests {
                 "{body:?}"
             );
         }
+        let reason = |body: &[u8]| match parse_body::<SearchRequest>(body) {
+            Err(ApiError::InvalidRequest(reason)) => reason,
+            _ => panic!("{body:?} parsed"),
+        };
+        assert!(reason(b"{\"images\": [1], \"query\": \"q\"}").contains("images[0]: invalid type"));
+        assert!(reason(b"{\"images\": [], \"query\": \"q\", \"top_k\": -1}")
+            .contains("top_k: invalid value"));
+        assert!(reason(b"{\"images\": [], \"query\": \"q\"} x").contains("trailing characters"));
         let ok: ImagesRequest = parse_body(b"{\"images\": [\"a.jpg\"]}").unwrap();
         assert_eq!(ok.images, vec!["a.jpg"]);
         assert!(unique_images(&[]).is_err());

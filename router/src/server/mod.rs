@@ -80,6 +80,7 @@ pub struct AppState {
         routes::quality,
         routes::categories,
         routes::score,
+        routes::search,
         routes::health,
         routes::metrics,
         routes::openapi
@@ -129,6 +130,7 @@ fn api_routes() -> Vec<Route> {
         route(Verb::Post, "/api/albums/quality", routes::quality),
         route(Verb::Post, "/api/albums/categories", routes::categories),
         route(Verb::Post, "/api/albums/score", routes::score),
+        route(Verb::Post, "/api/albums/search", routes::search),
     ]
 }
 
@@ -182,7 +184,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let runtime = pipeline::runtime()?;
     let result = runtime.block_on(async move {
         let pipeline =
-            pipeline::build(&args.pipeline, &args.analysis, &args.images, compute).await?;
+            pipeline::build(&args.pipeline, &args.analysis, &args.images, compute, None).await?;
         let state = Arc::new(AppState {
             pipeline,
             prometheus,
@@ -307,7 +309,7 @@ mod tests {
             .chain(open_routes())
             .map(|r| (r.verb, r.path.to_string()))
             .collect();
-        assert_eq!(routed.len(), 8, "{routed:?}");
+        assert_eq!(routed.len(), 9, "{routed:?}");
         assert_eq!(documented, routed);
         // Every schema a documented body refers to is in the document.
         let json = serde_json::to_string(&doc).unwrap();

@@ -15,12 +15,15 @@ use ongi_core::untrusted::{echo_key, Untrusted};
 use super::api::{
     self, created, ApiError, CategoriesRequest, CategoriesResponse, CategoryImages, CategoryScores,
     DuplicatesResponse, EmbeddingResponse, ErrorResponse, HealthResponse, ImageScore,
-    ImagesRequest, QualityResponse, ScoreRequest, ScoreResponse,
+    ImagesRequest, QualityResponse, ScoreRequest, ScoreResponse, SearchRequest, SearchResponse,
 };
 use super::limits::{check_image_count, JsonBody};
 use super::AppState;
 
 const SUCCESS: &str = "success";
+
+/// Photos a search answers when the request names no `top_k`.
+const DEFAULT_TOP_K: usize = 10;
 
 fn embed_error(app: &AppState, err: EmbedError) -> ApiError {
     match err {
@@ -271,6 +274,48 @@ pub async fn score(State(app): State<Arc<AppState>>, body: JsonBody) -> Result<R
     Ok(created(ScoreResponse {
         message: SUCCESS.into(),
         data,
+    }))
+}
+
+/// Photos of the album matching a text query, by CLIP similarity.
+#[utoipa::path(
+    post,
+    path = "/api/albums/search",
+    request_body = SearchRequest,
+    responses(
+        (status = 201, description = "At most `top_k` photos, best first, each requested key at most once", body = SearchResponse),
+        (status = 400, description = "Empty image list or query, query too long, `top_k` 0, malformed body, too many images or body over the size limit", body = api::ErrorResponse),
+        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
+        (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
+    )
+)]
+pub async fn search(
+    State(app): State<Arc<AppState>>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let request: SearchRequest = api::parse_body(&body)?;
+    let keys = request_keys(&app, &request.images)?;
+    let query =
+        ongi_core::analysis::search_query(&request.query).map_err(ApiError::InvalidRequest)?;
+    let top_k = match request.top_k {
+        Some(0) => return Err(ApiError::InvalidRequest("top_k must be at least 1".into())),
+        Some(k) => k,
+        None => DEFAULT_TOP_K,
+    };
+    let started = Instant::now();
+    let records = cached_records(&app, &keys).await?;
+    let embedding = app.pipeline.queries.embed(query).await.map_err(|e| {
+        tracing::error!(error = %e, "search query embedding failed");
+        ApiError::Internal
+    })?;
+    let ranked = ongi_core::analysis::search(&records, &embedding, top_k);
+    observe("search", started, records.len());
+    Ok(created(SearchResponse {
+        message: SUCCESS.into(),
+        data: ranked
+            .into_iter()
+            .map(|(image, score)| ImageScore { image, score })
+            .collect(),
     }))
 }
 

@@ -9,6 +9,7 @@ pub mod taxonomy;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +78,9 @@ pub enum AnalysisError {
     /// The text tower failed on the prompts.
     #[error("prompt embeddings: {0}")]
     Prompts(String),
+    /// The text tower failed on a search query.
+    #[error("query embedding: {0}")]
+    Query(String),
     /// The score head does not fit the model.
     #[error("score head: {0}")]
     ScoreHead(String),
@@ -108,6 +112,46 @@ fn prompt_blob(prompt: &str) -> String {
     format!("prompt:v1:{prompt}")
 }
 
+/// Name under which a search query's embedding is cached (per model); apart
+/// from the prompts so a query can never stand in for one.
+fn query_blob(query: &str) -> String {
+    format!("query:v1:{query}")
+}
+
+/// Longest search query accepted, in bytes: CLIP reads 77 tokens at most,
+/// so longer text only adds cache keys, not meaning.
+pub const MAX_QUERY_BYTES: usize = 1000;
+
+/// A search query as it will be embedded (surrounding whitespace trimmed),
+/// or why it cannot be.
+pub fn search_query(text: &str) -> Result<&str, String> {
+    let query = text.trim();
+    if query.is_empty() {
+        return Err("query must not be empty".into());
+    }
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(format!(
+            "query is {} bytes long; at most {MAX_QUERY_BYTES} are accepted",
+            query.len()
+        ));
+    }
+    Ok(query)
+}
+
+/// A cached embedding's bytes as floats (`None` if they cannot be one).
+fn vector_from_blob(bytes: &[u8]) -> Option<Vec<f32>> {
+    (!bytes.is_empty() && bytes.len().is_multiple_of(4)).then(|| {
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })
+}
+
+fn vector_to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
 /// L2-normalised copy of `v` (zero stays zero).
 pub fn normalized(v: &[f32]) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -120,6 +164,24 @@ pub fn normalized(v: &[f32]) -> Vec<f32> {
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The photos ranked by cosine between their embedding and `query` (a
+/// normalised text embedding), best first, ties in input order; at most
+/// `top_k`.
+pub fn search(
+    records: &[(String, FeatureRecord)],
+    query: &[f32],
+    top_k: usize,
+) -> Vec<(String, f32)> {
+    let mut ranked: Vec<(String, f32)> = records
+        .iter()
+        .map(|(k, r)| (k.clone(), dot(&normalized(&r.embedding), query)))
+        .collect();
+    // A stable sort keeps equal scores in input order.
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked.truncate(top_k);
+    ranked
 }
 
 /// Duplicate groups as indices: DBSCAN over pHash Hamming distance ≤ `eps`
@@ -137,6 +199,49 @@ pub fn duplicate_groups(
                 .is_some_and(|t| dot(&embeddings[i], &embeddings[j]) >= t)
     });
     dbscan::clusters(&labels)
+}
+
+/// Embeds search queries with the text tower, once per model and query: the
+/// normalised embedding is cached in the store like the prompts'.
+pub struct QueryEncoder {
+    text: Arc<ClipTextEncoder>,
+    store: Arc<dyn FeatureStore>,
+    model_id: String,
+}
+
+impl QueryEncoder {
+    /// A query encoder over `text`, caching in `store` under `model_id`.
+    pub fn new(text: Arc<ClipTextEncoder>, store: Arc<dyn FeatureStore>, model_id: String) -> Self {
+        Self {
+            text,
+            store,
+            model_id,
+        }
+    }
+
+    /// The normalised text embedding of `query` (from the cache, else from the
+    /// text tower on a blocking thread, then cached).
+    pub async fn embed(&self, query: &str) -> Result<Vec<f32>, AnalysisError> {
+        let blob = query_blob(query);
+        let cached = self.store.get_blob(&self.model_id, &blob).await?;
+        if let Some(v) = cached.as_deref().and_then(vector_from_blob) {
+            return Ok(v);
+        }
+        let text = self.text.clone();
+        let owned = query.to_string();
+        let rows = tokio::task::spawn_blocking(move || text.encode(&[owned.as_str()], 1))
+            .await
+            .map_err(|e| AnalysisError::Query(e.to_string()))?
+            .map_err(AnalysisError::Query)?;
+        let v = rows
+            .first()
+            .map(|row| normalized(row))
+            .ok_or_else(|| AnalysisError::Query("the text tower returned no row".into()))?;
+        self.store
+            .put_blob(&self.model_id, &blob, &vector_to_blob(&v))
+            .await?;
+        Ok(v)
+    }
 }
 
 impl Analyzer {
@@ -164,15 +269,12 @@ impl Analyzer {
         let mut prompts = HashMap::new();
         let mut missing = Vec::new();
         for prompt in &wanted {
-            match store.get_blob(model_id, &prompt_blob(prompt)).await? {
-                Some(bytes) if bytes.len() % 4 == 0 && !bytes.is_empty() => {
-                    let v: Vec<f32> = bytes
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
+            let cached = store.get_blob(model_id, &prompt_blob(prompt)).await?;
+            match cached.as_deref().and_then(vector_from_blob) {
+                Some(v) => {
                     prompts.insert(prompt.clone(), v);
                 }
-                _ => missing.push(prompt.as_str()),
+                None => missing.push(prompt.as_str()),
             }
         }
         if !missing.is_empty() {
@@ -180,9 +282,8 @@ impl Analyzer {
             let rows = text.encode(&missing, 64).map_err(AnalysisError::Prompts)?;
             for (prompt, row) in missing.iter().zip(rows) {
                 let v = normalized(&row);
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                 store
-                    .put_blob(model_id, &prompt_blob(prompt), &bytes)
+                    .put_blob(model_id, &prompt_blob(prompt), &vector_to_blob(&v))
                     .await?;
                 prompts.insert(prompt.to_string(), v);
             }
@@ -317,5 +418,49 @@ impl Analyzer {
                 score::zero_shot_score(&cosines)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(embedding: Vec<f32>) -> FeatureRecord {
+        FeatureRecord {
+            embedding,
+            phash: 0,
+            laplacian_var: 0.0,
+            width: 1,
+            height: 1,
+        }
+    }
+
+    #[test]
+    fn search_ranks_by_cosine_keeps_ties_in_order_and_truncates() {
+        let records: Vec<(String, FeatureRecord)> = [
+            ("a", vec![0.0, 2.0]),
+            ("b", vec![3.0, 0.0]),
+            ("c", vec![1.0, 1.0]),
+            ("d", vec![5.0, 0.0]),
+            ("e", vec![0.0, 0.0]),
+        ]
+        .into_iter()
+        .map(|(k, e)| (k.to_string(), record(e)))
+        .collect();
+        let ranked = search(&records, &[1.0, 0.0], 10);
+        let keys: Vec<&str> = ranked.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["b", "d", "c", "a", "e"]);
+        assert!((ranked[2].1 - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+        assert_eq!(search(&records, &[1.0, 0.0], 2).len(), 2);
+        assert!(search(&[], &[1.0, 0.0], 3).is_empty());
+    }
+
+    #[test]
+    fn search_queries_are_trimmed_and_bounded() {
+        assert_eq!(search_query("  a cat \n"), Ok("a cat"));
+        assert!(search_query(" \t ").is_err());
+        assert!(search_query(&"x".repeat(MAX_QUERY_BYTES)).is_ok());
+        let err = search_query(&"x".repeat(MAX_QUERY_BYTES + 1)).unwrap_err();
+        assert!(err.contains("at most 1000"), "{err}");
     }
 }
