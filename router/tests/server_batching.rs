@@ -5,55 +5,11 @@
 mod redis_support;
 mod support;
 
-use std::collections::HashMap;
-use std::process::Command;
-
 use serde_json::json;
-use support::{photo_dir, photo_names, tiny_model, OngiServer};
+use support::{cosine, photo_dir, photo_names, tiny_model, OngiServer};
 
 const REQUESTS: usize = 10;
 const PER_REQUEST: usize = 3;
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
-/// `ongi embed` on the given files: path → embedding.
-fn cli_embeddings(paths: &[std::path::PathBuf]) -> HashMap<String, Vec<f32>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
-        .arg("embed")
-        .arg("--model")
-        .arg(tiny_model())
-        .args(paths)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let emb = v["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
-            (v["input"].as_str().unwrap().to_owned(), emb)
-        })
-        .collect()
-}
 
 /// Sample value of a histogram bucket line, e.g. `name_bucket{le="1"}`.
 fn bucket(text: &str, name: &str, le: &str) -> f64 {
@@ -144,7 +100,7 @@ async fn simultaneous_requests_share_batches_and_get_their_own_embeddings() {
     // Every stored embedding is the one `ongi embed` computes for that file.
     let keys: Vec<String> = requests.concat();
     let paths: Vec<_> = keys.iter().map(|k| photos.path().join(k)).collect();
-    let expected = cli_embeddings(&paths);
+    let expected = support::cli_embeddings(&paths);
     let store = ongi_core::store::open_store(&redis.url(), None)
         .await
         .unwrap();

@@ -4,34 +4,13 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
 
 use serde_json::json;
-use support::{photo_dir, photo_names, tiny_model, OngiServer};
+use support::{photo_dir, photo_names, OngiServer};
 
 /// Normalised embeddings printed by `ongi embed --normalize ARGS...`, by input.
 fn embed(args: &[&str]) -> HashMap<String, Vec<f32>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
-        .args(["embed", "--normalize", "--model"])
-        .arg(tiny_model())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let input = v["input"].as_str().unwrap().to_string();
-            let e: Vec<f32> = serde_json::from_value(v["embedding"].clone()).unwrap();
-            (input, e)
-        })
-        .collect()
+    support::cli_embeddings(std::iter::once("--normalize").chain(args.iter().copied()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,33 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     ab / (aa.sqrt() * bb.sqrt())
 }
 
+/// `ongi embed --model <tiny model> ARGS...`: each output line's input and
+/// embedding.
+pub fn cli_embeddings<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> std::collections::HashMap<String, Vec<f32>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
+        .args(["embed", "--model"])
+        .arg(tiny_model())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let embedding = serde_json::from_value(v["embedding"].clone()).unwrap();
+            (v["input"].as_str().unwrap().to_owned(), embedding)
+        })
+        .collect()
+}
+
 /// The repository's test fixtures.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
