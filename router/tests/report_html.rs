@@ -64,21 +64,17 @@ fn count_key(html: &str, key: &str) -> usize {
 }
 
 fn analyze(photos: &Path, store: &Path, extra: &[&str]) -> serde_json::Value {
-    let model = tiny_model();
-    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
-        .args(["analyze", "--model", model.to_str().unwrap(), "--store"])
-        .arg(store.join("f.redb"))
-        .args(["--concepts", "travel,pets"])
-        .args(extra)
-        .arg(photos)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let (model, store) = (tiny_model(), store.join("f.redb"));
+    let mut args = vec!["analyze", "--model", model.to_str().unwrap()];
+    args.extend([
+        "--store",
+        store.to_str().unwrap(),
+        "--concepts",
+        "travel,pets",
+    ]);
+    args.extend(extra);
+    args.push(photos.to_str().unwrap());
+    serde_json::from_slice(&support::ongi_stdout(args)).unwrap()
 }
 
 /// Checks the loaded page against the JSON report of the same run.

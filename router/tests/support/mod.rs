@@ -19,14 +19,9 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     ab / (aa.sqrt() * bb.sqrt())
 }
 
-/// `ongi embed --model <tiny model> ARGS...`: each output line's input and
-/// embedding.
-pub fn cli_embeddings<S: AsRef<std::ffi::OsStr>>(
-    args: impl IntoIterator<Item = S>,
-) -> std::collections::HashMap<String, Vec<f32>> {
+/// Runs `ongi ARGS...`, which must succeed; its stdout.
+pub fn ongi_stdout<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Vec<u8> {
     let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
-        .args(["embed", "--model"])
-        .arg(tiny_model())
         .args(args)
         .output()
         .unwrap();
@@ -35,7 +30,21 @@ pub fn cli_embeddings<S: AsRef<std::ffi::OsStr>>(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
+    out.stdout
+}
+
+/// `ongi embed --model <tiny model> ARGS...`: each output line's input and
+/// embedding.
+pub fn cli_embeddings<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> std::collections::HashMap<String, Vec<f32>> {
+    let model = tiny_model();
+    let args: Vec<std::ffi::OsString> = ["embed".as_ref(), "--model".as_ref(), model.as_os_str()]
+        .into_iter()
+        .map(std::ffi::OsStr::to_os_string)
+        .chain(args.into_iter().map(|a| a.as_ref().to_os_string()))
+        .collect();
+    String::from_utf8(ongi_stdout(args))
         .unwrap()
         .lines()
         .map(|line| {
