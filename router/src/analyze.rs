@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ongi_core::embedding::RequestTimings;
 use ongi_core::features::{hamming, FeatureRecord};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::report::{AlbumReport, LowQuality, Thumb};
 
@@ -49,7 +50,7 @@ pub struct AnalyzeArgs {
 
 /// Runs the command: prints `{"duplicates", "low_quality", "categories",
 /// "scores", "failed"}`, or with `--query` the search's `[{"image", "score"}]`.
-pub fn run(args: AnalyzeArgs) -> Result<()> {
+pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
     if !args.photos.is_dir() {
         bail!("{} is not a directory", args.photos.display());
     }
@@ -108,12 +109,11 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
         if let Some(query) = query {
             let embedding = pipeline.queries.embed(query).await?;
             let top_k = usize::try_from(args.top_k).unwrap_or(usize::MAX);
-            let ranked: Vec<serde_json::Value> =
-                ongi_core::analysis::search(&records, &embedding, top_k)
-                    .into_iter()
-                    .map(|(image, score)| json!({"image": image, "score": score}))
-                    .collect();
-            return anyhow::Ok(serde_json::Value::from(ranked));
+            let ranked: Vec<Scored> = ongi_core::analysis::search(&records, &embedding, top_k)
+                .into_iter()
+                .map(|(image, score)| Scored { image, score })
+                .collect();
+            return anyhow::Ok((serde_json::to_string_pretty(&ranked)?, failed.len()));
         }
         let t = Instant::now();
         let duplicates = analyzer.duplicates(&records);
@@ -132,14 +132,17 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
             .map(|(k, r)| (k.as_str(), analyzer.score(r)))
             .collect();
         timings.push(("highlight scores".into(), t.elapsed()));
-        let scores: Vec<serde_json::Value> = categories
+        let scores: Vec<CategoryScores> = categories
             .iter()
-            .map(|(category, images)| {
-                let images: Vec<serde_json::Value> = images
+            .map(|(category, images)| CategoryScores {
+                category: category.clone(),
+                images: images
                     .iter()
-                    .map(|k| json!({"image": k, "score": score_of.get(k.as_str()).copied().unwrap_or(0.0)}))
-                    .collect();
-                json!({"category": category, "images": images})
+                    .map(|k| Scored {
+                        image: k.clone(),
+                        score: score_of.get(k.as_str()).copied().unwrap_or(0.0),
+                    })
+                    .collect(),
             })
             .collect();
         if let Some(html) = &args.html {
@@ -154,13 +157,21 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
                 .collect();
             if !lacking.is_empty() {
                 // Cached before thumbnails were asked for: decoded once more.
-                for f in pipeline.embedding.make_thumbnails(&lacking, THUMBNAIL_SIDE).await? {
+                for f in pipeline
+                    .embedding
+                    .make_thumbnails(&lacking, THUMBNAIL_SIDE)
+                    .await?
+                {
                     tracing::warn!(key = %f.key, reason = %f.reason, "no thumbnail");
                 }
                 stored = pipeline.embedding.thumbnails(&present).await?;
             }
             timings.push(("thumbnails".into(), t.elapsed()));
-            let thumbs = place_thumbnails(present.into_iter().zip(stored), html, args.thumbnails.as_deref())?;
+            let thumbs = place_thumbnails(
+                present.into_iter().zip(stored),
+                html,
+                args.thumbnails.as_deref(),
+            )?;
             let quality = analyzer.quality_config();
             let page = AlbumReport {
                 title: args.photos.display().to_string(),
@@ -170,10 +181,20 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
                 duplicates: duplicates
                     .iter()
                     .map(|group| {
-                        let first = group.first().and_then(|k| by_key.get(k.as_str())).map_or(0, |r| r.phash);
+                        let first = group
+                            .first()
+                            .and_then(|k| by_key.get(k.as_str()))
+                            .map_or(0, |r| r.phash);
                         group
                             .iter()
-                            .map(|k| (k.clone(), by_key.get(k.as_str()).map_or(0, |r| hamming(first, r.phash))))
+                            .map(|k| {
+                                (
+                                    k.clone(),
+                                    by_key
+                                        .get(k.as_str())
+                                        .map_or(0, |r| hamming(first, r.phash)),
+                                )
+                            })
                             .collect()
                     })
                     .collect(),
@@ -212,24 +233,65 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
                 .with_context(|| format!("writing {}", html.display()))?;
             tracing::info!(file = %html.display(), "album report written");
         }
-        let categories: Vec<serde_json::Value> = categories
-            .into_iter()
-            .map(|(category, images)| json!({"category": category, "images": images}))
-            .collect();
-        let failed: Vec<serde_json::Value> = failed
-            .into_iter()
-            .map(|(key, reason)| json!({"key": key, "reason": reason}))
-            .collect();
-        anyhow::Ok(json!({
-            "duplicates": duplicates,
-            "low_quality": low_quality,
-            "categories": categories,
-            "scores": scores,
-            "failed": failed,
-        }))
+        let failures = failed.len();
+        let output = Output {
+            duplicates,
+            low_quality,
+            categories: categories
+                .into_iter()
+                .map(|(category, images)| CategoryImages { category, images })
+                .collect(),
+            scores,
+            failed: failed
+                .into_iter()
+                .map(|(key, reason)| Failure { key, reason })
+                .collect(),
+        };
+        anyhow::Ok((serde_json::to_string_pretty(&output)?, failures))
     })?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    println!("{}", report.0);
+    // As `ongi embed`: 1 when a photo could not be analysed (the output is
+    // still complete and lists it).
+    Ok(if report.1 > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What `ongi analyze` prints, in the HTTP routes' shapes. Typed, so scores
+/// print as the f32 they are (as the routes print them), not widened to f64.
+#[derive(Serialize)]
+struct Output {
+    duplicates: Vec<Vec<String>>,
+    low_quality: Vec<String>,
+    categories: Vec<CategoryImages>,
+    scores: Vec<CategoryScores>,
+    failed: Vec<Failure>,
+}
+
+#[derive(Serialize)]
+struct CategoryImages {
+    category: String,
+    images: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct CategoryScores {
+    category: String,
+    images: Vec<Scored>,
+}
+
+#[derive(Serialize)]
+struct Scored {
+    image: String,
+    score: f32,
+}
+
+#[derive(Serialize)]
+struct Failure {
+    key: String,
+    reason: String,
 }
 
 /// The embedding stages' time summed over the steps of a run.

@@ -382,14 +382,21 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     for input in inputs::expand(&args.preprocess) {
         match input {
             Input::File(path) => {
-                let bytes =
-                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                // Fails early (and untimed) on a file that does not decode.
-                preprocess::load_and_preprocess(&bytes, &cfg, decode)
-                    .with_context(|| format!("preprocessing {}", path.display()))?;
-                files.push(bytes);
+                // A file that cannot be read or decoded is left out of the
+                // timing, with a line saying so (checked untimed, here).
+                let checked = std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| {
+                        preprocess::load_and_preprocess(&bytes, &cfg, decode)
+                            .map(|_| bytes)
+                            .map_err(|e| e.to_string())
+                    });
+                match checked {
+                    Ok(bytes) => files.push(bytes),
+                    Err(reason) => eprintln!("skipped {}: {reason}", path.display()),
+                }
             }
-            Input::Error(path, err) => bail!("{}: {err}", path.display()),
+            Input::Error(path, err) => eprintln!("skipped {}: {err}", path.display()),
         }
     }
     if files.is_empty() {

@@ -44,12 +44,12 @@ fn main() -> std::process::ExitCode {
     init_tracing();
     let mut cli = Cli::parse();
     if let Err(err) = resolve_model(&mut cli.command) {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", describe(&err));
         return std::process::ExitCode::from(2);
     }
     let result = match cli.command {
         Command::Embed(args) => embed::run(args),
-        Command::Analyze(args) => analyze::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Analyze(args) => analyze::run(args),
         Command::Serve(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Loadtest(args) => loadtest::run(args),
         Command::Bench(args) => bench::run(args).map(|()| std::process::ExitCode::SUCCESS),
@@ -57,10 +57,27 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", describe(&err));
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: library errors
+/// often show their source in their own message too, which anyhow's `{:#}`
+/// would print a second time.
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 /// Replaces a command's `--model` hub id by the cached snapshot directory
@@ -95,5 +112,40 @@ fn init_tracing() {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that shows its source in its own message, as many do.
+    #[derive(Debug)]
+    struct Shows {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Shows {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "embedded store x.redb: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Shows {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_told_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::IsADirectory, "Is a directory");
+        let err = anyhow::Error::new(Shows { source: io() }).context("opening the feature store");
+        assert_eq!(
+            describe(&err),
+            "opening the feature store: embedded store x.redb: Is a directory"
+        );
+        let err = anyhow::Error::new(io()).context("reading x");
+        assert_eq!(describe(&err), "reading x: Is a directory");
     }
 }

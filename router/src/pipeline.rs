@@ -30,8 +30,10 @@ pub struct PipelineArgs {
     /// `HF_TOKEN`, `HF_HUB_OFFLINE`).
     #[arg(long, env = "ONGI_MODEL")]
     pub model: PathBuf,
-    /// Feature store: a file path (embedded redb store) or `redis://host:port/db`.
-    #[arg(long, env = "ONGI_STORE", default_value = "ongi-features.redb")]
+    /// Feature store: a file path (embedded redb store) or `redis://host:port/db`
+    /// (default: features.redb in the user's cache directory,
+    /// `$XDG_CACHE_HOME/ongi` or `~/.cache/ongi`).
+    #[arg(long, env = "ONGI_STORE", default_value_t = default_store())]
     pub store: String,
     /// Time to live of cached feature records, in seconds (default: forever).
     #[arg(long, env = "ONGI_CACHE_TTL")]
@@ -103,6 +105,21 @@ impl DecodeArgs {
             DecodeArg::Fast => DecodeMode::Fast,
         }
     }
+}
+
+/// The embedded store's default file: in the user's cache directory, not
+/// wherever the command happens to run.
+fn default_store() -> String {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache
+        .join("ongi")
+        .join("features.redb")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Analysis flags.

@@ -129,7 +129,8 @@ fn analyze_prints_the_album_report() {
         "travel,pets",
         photos.to_str().unwrap(),
     ]);
-    assert_eq!(code, 0, "{stderr}");
+    // 1, as `ongi embed`: corrupt.jpg failed (and is listed).
+    assert_eq!(code, 1, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(report["duplicates"].is_array() && report["low_quality"].is_array());
     assert_eq!(report["failed"][0]["key"], "corrupt.jpg");
@@ -154,6 +155,64 @@ fn analyze_prints_the_album_report() {
         .map(|c| c["images"].as_array().unwrap().len())
         .sum();
     assert_eq!(scored, photo_names().len());
+    // Scores print as the f32 they are (as `/api/albums/score` prints them),
+    // without the digits a widening to f64 adds.
+    for category in report["scores"].as_array().unwrap() {
+        for image in category["images"].as_array().unwrap() {
+            let score = image["score"].as_f64().unwrap();
+            assert_eq!((score as f32).to_string(), score.to_string(), "{image}");
+        }
+    }
+}
+
+#[test]
+fn analyze_stores_features_in_the_cache_directory_by_default() {
+    let model = tiny_model();
+    let cache = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let photos = fixtures().join("photos");
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
+        .current_dir(cwd.path())
+        .env("XDG_CACHE_HOME", cache.path())
+        .args(["analyze", "--model", model.to_str().unwrap()])
+        .arg(&photos)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let store = cache.path().join("ongi/features.redb");
+    assert!(store.is_file(), "no store at {}", store.display());
+    assert!(
+        stderr.contains(&store.display().to_string()),
+        "the log names the store: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "left files in the working directory"
+    );
+}
+
+#[test]
+fn an_error_tells_its_cause_once() {
+    let model = tiny_model();
+    let dir = tempfile::tempdir().unwrap();
+    let photos = fixtures().join("photos");
+    // A directory where the store file should be.
+    let (code, _, stderr) = ongi(&[
+        "analyze",
+        "--model",
+        model.to_str().unwrap(),
+        "--store",
+        dir.path().to_str().unwrap(),
+        photos.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
+    assert_eq!(line.matches("os error 21").count(), 1, "{stderr}");
 }
 
 #[test]
@@ -175,7 +234,7 @@ fn analyze_query_prints_the_search_ranking() {
         ongi(&args)
     };
     let (code, stdout, stderr) = run(&["--query", "a red car", "--top-k", "3"]);
-    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(code, 1, "corrupt.jpg failed: {stderr}");
     let ranked: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(ranked.len(), 3, "{stdout}");
     let scores: Vec<f64> = ranked

@@ -155,6 +155,32 @@ fn bench_preprocess_rejects_an_undecodable_file() {
 }
 
 #[test]
+fn bench_preprocess_skips_an_undecodable_file_with_a_line() {
+    let root = repo_root();
+    let photos = root.join("tests/fixtures/photos");
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
+        .args([
+            "bench", "--json", "--images", "2", "--warmup", "0", "--model",
+        ])
+        .arg(root.join("tests/fixtures/tiny-clip"))
+        .arg("--preprocess")
+        .arg(&photos)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let skipped: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("skipped "))
+        .collect();
+    assert_eq!(skipped.len(), 1, "{stderr}");
+    assert!(skipped[0].contains("corrupt.jpg"), "{stderr}");
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decodable = std::fs::read_dir(&photos).unwrap().count() - 1;
+    assert_eq!(line["files"], decodable);
+}
+
+#[test]
 fn bench_table_has_a_row_per_setting() {
     let root = repo_root();
     let out = Command::new(env!("CARGO_BIN_EXE_ongi"))

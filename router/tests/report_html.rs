@@ -74,7 +74,10 @@ fn analyze(photos: &Path, store: &Path, extra: &[&str]) -> serde_json::Value {
     ]);
     args.extend(extra);
     args.push(photos.to_str().unwrap());
-    serde_json::from_slice(&support::ongi_stdout(args)).unwrap()
+    // Exit 1: the album holds a corrupt photo, listed in the report.
+    let (code, stdout, stderr) = support::ongi_run(args);
+    assert_eq!(code, 1, "{stderr}");
+    serde_json::from_slice(&stdout).unwrap()
 }
 
 /// Checks the loaded page against the JSON report of the same run.

@@ -19,18 +19,23 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     ab / (aa.sqrt() * bb.sqrt())
 }
 
-/// Runs `ongi ARGS...`, which must succeed; its stdout.
-pub fn ongi_stdout<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Vec<u8> {
+/// Runs `ongi ARGS...`: exit code, stdout, stderr.
+pub fn ongi_run<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> (i32, Vec<u8>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), out.stdout, stderr)
+}
+
+/// Runs `ongi ARGS...`, which must succeed; its stdout.
+pub fn ongi_stdout<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Vec<u8> {
+    let (code, stdout, stderr) = ongi_run(args);
+    assert_eq!(code, 0, "{stderr}");
+    stdout
 }
 
 /// `ongi embed --model <tiny model> ARGS...`: each output line's input and
