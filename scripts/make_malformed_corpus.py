@@ -195,13 +195,13 @@ def main():
         "gif.gif",
         enc(rgb.convert("P"), "GIF"),
         expected="error",
-        note="ongi decodes JPEG, PNG and WebP only (SPEC); PIL also opens GIF",
+        note="ongi decodes JPEG, PNG and WebP only; PIL also opens GIF",
     )
     add(
         "bmp.bmp",
         enc(rgb, "BMP"),
         expected="error",
-        note="ongi decodes JPEG, PNG and WebP only (SPEC); PIL also opens BMP",
+        note="ongi decodes JPEG, PNG and WebP only; PIL also opens BMP",
     )
 
     # -- truncations

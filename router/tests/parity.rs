@@ -4,7 +4,7 @@
 //! the test photos and prompts on seeded random checkpoints. Two image checks
 //! per model keep the error sources apart: the reference *pixels* through our
 //! model (model error alone), and our decode + preprocessing through our model
-//! (the whole pipeline). The bar is cosine ≥ 0.99999 everywhere (SPEC §5).
+//! (the whole pipeline). The bar is cosine ≥ 0.99999 everywhere.
 //!
 //! The full ViT-B/32-shaped checkpoint is too big to commit: set
 //! `ONGI_PARITY_DIR` (e.g. `~/.cache/ongi`, written by
@@ -442,7 +442,8 @@ fn batched_and_single_images_agree() {
 
 #[test]
 fn half_precision_stays_close() {
-    // f16/bf16 are for accelerators (SPEC seed 004), but must work anywhere:
+    // f16 is for accelerators (on a CPU without native half precision it is
+    // many times slower), but must work anywhere:
     // same embeddings up to the precision of the format.
     let fx = tiny("tiny-clip", "pixels.reference.safetensors");
     let reference = read_reference(&fx.reference);

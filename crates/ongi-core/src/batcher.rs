@@ -1,8 +1,8 @@
 //! Cross-request batching: one inference worker, one bounded queue.
 //!
 //! Requests decode their photos elsewhere and submit preprocessed pixels here.
-//! A single worker thread owns the compute threads (seed 000: concurrent
-//! requests must never oversubscribe the CPU); it takes up to
+//! A single worker thread owns the compute threads (concurrent requests must
+//! never oversubscribe the CPU); it takes up to
 //! `max_batch_size` images from *all* in-flight requests, waiting at most
 //! `max_wait` for a batch to fill, and answers each image on its own channel.
 

@@ -1,8 +1,8 @@
 //! The embedding pipeline of one request: load → decode → preprocess (and the
 //! pixel features) → queue → embed → store, in one pass over each photo.
 //!
-//! Photos that already have a feature record are not touched (seed 000:
-//! compute once, share with every downstream task).
+//! Photos that already have a feature record are not touched: each photo is
+//! computed once and shared by every album task.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -87,7 +87,7 @@ impl StageStats {
     }
 }
 
-/// Per-stage timings of one request (seed 002).
+/// Per-stage timings of one request, so the stage that bounds it is visible.
 #[derive(Debug, Clone, Default)]
 pub struct RequestTimings {
     /// Reading the object's bytes.

@@ -1,8 +1,8 @@
 //! Image sources: where photo bytes come from.
 //!
 //! A server reads every photo through one [`ImageSource`], configured once
-//! from a spec string (SPEC §2: keys are object keys in S3/GCS or paths
-//! relative to the local image root):
+//! from a spec string (keys are object keys in S3/GCS or paths relative to
+//! the local image root):
 //!
 //! | spec | backend |
 //! |---|---|

@@ -18,7 +18,7 @@ use ongi_core::preprocess::{
     PreprocessConfig, DEFAULT_MAX_PIXELS, FAST_SAFETY_FACTOR,
 };
 
-/// Budget of issue #5: mean absolute difference to the exact tensor, in normalised
+/// The fast path's budget: mean absolute difference to the exact tensor, in normalised
 /// units (one u8 level ≈ 0.0147).
 const MAX_MEAN_ABS_DIFF: f64 = 0.02;
 /// Photos that must actually be reduced (the package has 16 JPEGs, all ≥ 1024 px

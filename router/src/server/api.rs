@@ -1,4 +1,4 @@
-//! Request and response bodies of the HTTP contract (SPEC §2), with their OpenAPI schemas.
+//! Request and response bodies of the HTTP contract, with their OpenAPI schemas.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

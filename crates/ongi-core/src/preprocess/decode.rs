@@ -102,7 +102,7 @@ impl std::fmt::Display for DecodeMode {
 /// | 2.0    | 448      | 0.0047 | 0.0139 | Elephants_3840x2160 at 1/4     |
 ///
 /// (All 16 photos are reduced at every factor.) Only 2.0 keeps the worst photo,
-/// a high-contrast abstract one, under the 0.02 budget of issue #5, at 70 % of
+/// a high-contrast abstract one, under the fast path's 0.02 budget, at 70 % of
 /// it; the natural photos stay at 0.001–0.01. A 12-MP 4000×3000 photo decodes at
 /// 1/4 (1000×750).
 pub const FAST_SAFETY_FACTOR: f64 = 2.0;

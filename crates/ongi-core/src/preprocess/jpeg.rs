@@ -3,7 +3,7 @@
 //! Rust JPEG decoders differ from libjpeg-turbo (which PIL uses) by a few levels on
 //! many pixels: zune-jpeg's fancy chroma upsampling rounds twice where libjpeg-turbo
 //! rounds once, which alone costs more embedding cosine than the parity bar allows
-//! (SPEC §5). So JPEGs go through libjpeg-turbo's own C code, vendored by `mozjpeg`
+//! (0.99999). So JPEGs go through libjpeg-turbo's own C code, vendored by `mozjpeg`
 //! (a libjpeg-turbo fork whose decoder is unchanged), with Pillow's defaults:
 //! `JDCT_ISLOW`, fancy upsampling and block smoothing on (libjpeg's defaults, which
 //! Pillow keeps outside draft mode), output RGB for 1- and 3-component images and

@@ -2,7 +2,7 @@
 //! for 8-bit RGB images.
 //!
 //! Why hand-written: CLIP checkpoints were trained and are evaluated with
-//! `transformers`' PIL-based preprocessing, and the parity budget (SPEC §5) leaves
+//! `transformers`' PIL-based preprocessing, and the parity bar (cosine 0.99999) leaves
 //! almost no room for a resize that is merely "a bicubic". No maintained Rust crate
 //! reproduces Pillow's fixed-point arithmetic bit for bit (`image`'s and
 //! `fast_image_resize`'s filters round differently and do not scale the support the
