@@ -101,7 +101,34 @@ async fn local_source_embedded_store() {
         ],
         &[],
     );
+    // Before any request: every metric has its help line, and the counters
+    // already read zero.
+    let (status, text) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "ongi_images_embedded_total",
+        "ongi_cache_hits_total",
+        "ongi_cache_misses_total",
+        "ongi_images_deadline_exceeded_total",
+        "ongi_unauthorized_requests_total",
+        "ongi_accept_errors_total",
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+        assert!(
+            text.lines().any(|l| l == format!("{name} 0")),
+            "{name}:\n{text}"
+        );
+    }
     replay_client_flow(&server, &photo_names()).await;
+    // Histograms show (with their help) from their first sample on.
+    let (_, text) = server.get("/metrics").await;
+    for name in [
+        "ongi_batch_seconds",
+        "ongi_batch_size",
+        "ongi_stage_seconds",
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+    }
     let (status, body) = server.get("/openapi.json").await;
     assert_eq!(status, 200);
     assert!(body.contains("/api/albums/embedding"));

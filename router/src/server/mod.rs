@@ -7,6 +7,7 @@ mod envelope;
 mod limits;
 mod listener;
 mod routes;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -159,6 +160,7 @@ fn install_metrics() -> Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full("ongi_batch_requests".into()), BATCH)?
         .install_recorder()
         .context("installing the Prometheus recorder")
+        .inspect(|_| telemetry::describe())
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
