@@ -124,7 +124,7 @@ const METRICS: &[(Kind, &str, Unit, &str, bool)] = &[
 /// unlabelled counters and gauges to zero.
 pub fn describe() {
     for (kind, name, unit, help, labelled) in METRICS {
-        let (name, unit, help) = (*name, unit.clone(), *help);
+        let (name, unit, help) = (*name, *unit, *help);
         match kind {
             Kind::Counter => {
                 metrics::describe_counter!(name, unit, help);
