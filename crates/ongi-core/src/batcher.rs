@@ -161,11 +161,6 @@ impl Batcher {
     pub fn depth(&self) -> usize {
         self.reserved.load(Ordering::Acquire)
     }
-
-    /// Capacity of the queue in images.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
 }
 
 impl Slot {

@@ -198,11 +198,6 @@ impl EmbeddingService {
         &self.model_id
     }
 
-    /// The feature store.
-    pub fn store(&self) -> &Arc<dyn FeatureStore> {
-        &self.store
-    }
-
     /// The inference batcher.
     pub fn batcher(&self) -> &Batcher {
         &self.batcher

@@ -91,17 +91,6 @@ impl FeatureRecord {
     /// Header size: version, width, height, phash, laplacian variance, embedding length.
     const HEADER_LEN: usize = 1 + 4 + 4 + 8 + 4 + 4;
 
-    /// Combines an embedding with the pixel features of the same photo.
-    pub fn new(embedding: Vec<f32>, pixels: PixelFeatures) -> Self {
-        Self {
-            embedding,
-            phash: pixels.phash,
-            laplacian_var: pixels.laplacian_var,
-            width: pixels.width,
-            height: pixels.height,
-        }
-    }
-
     /// The pixel-derived part of the record.
     pub fn pixel_features(&self) -> PixelFeatures {
         PixelFeatures {

@@ -306,11 +306,6 @@ impl Analyzer {
         })
     }
 
-    /// The taxonomy in use.
-    pub fn taxonomy(&self) -> &Taxonomy {
-        &self.taxonomy
-    }
-
     /// The quality thresholds in use.
     pub fn quality_config(&self) -> &QualityConfig {
         &self.quality

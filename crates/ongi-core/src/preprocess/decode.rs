@@ -66,20 +66,6 @@ impl DecodeMode {
     }
 }
 
-impl std::str::FromStr for DecodeMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "exact" => Ok(Self::Exact),
-            "fast" => Ok(Self::Fast),
-            other => Err(format!(
-                "unknown decode mode {other:?}; expected exact or fast"
-            )),
-        }
-    }
-}
-
 impl std::fmt::Display for DecodeMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -402,10 +388,6 @@ mod tests {
         };
         assert_eq!(edges(DecodeMode::Fast, &native), None);
         assert_eq!(DecodeMode::default(), DecodeMode::Fast);
-        for mode in [DecodeMode::Exact, DecodeMode::Fast] {
-            assert_eq!(mode.as_str().parse::<DecodeMode>(), Ok(mode));
-        }
-        assert!("slow".parse::<DecodeMode>().is_err());
     }
 
     #[test]
