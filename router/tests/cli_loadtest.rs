@@ -19,9 +19,9 @@ fn loadtest(args: &[&str]) -> Output {
 
 #[test]
 fn loadtest_drives_the_server_and_reports() {
+    // The corrupt fixture stays among the keys: the server reports it as a
+    // failed image, which is a correct answer, not a failed run.
     let photos = photo_dir();
-    // The corrupt fixture is a failed image by design: leave it out of the keys.
-    std::fs::remove_file(photos.path().join("corrupt.jpg")).unwrap();
     let store = tempfile::tempdir().unwrap();
     let store_path = store.path().join("features.redb");
     let server = OngiServer::start(
@@ -49,7 +49,7 @@ fn loadtest_drives_the_server_and_reports() {
         "--min-images",
         "3",
         "--max-images",
-        "6",
+        "13",
         "--keys-dir",
         photos.path().to_str().unwrap(),
         "--server-pid",
@@ -74,7 +74,10 @@ fn loadtest_drives_the_server_and_reports() {
     assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["errors"]["5xx"], 0, "{report}");
     assert_eq!(report["errors"]["transport"], 0, "{report}");
-    assert_eq!(report["failed_images"], 0, "{report}");
+    assert!(
+        report["failed_images"].as_u64().unwrap() > 0,
+        "corrupt.jpg was never sent: {report}"
+    );
     assert!(report["embedded_images"].as_u64().unwrap() > 0, "{report}");
     assert!(report["images_per_sec"].as_f64().unwrap() > 0.0, "{report}");
     for route in ["embedding", "quality", "duplicates", "categories", "score"] {
