@@ -163,11 +163,15 @@ fn install_metrics() -> Result<PrometheusHandle> {
         .inspect(|_| telemetry::describe())
 }
 
-/// Runs the server until SIGTERM or Ctrl-C.
-pub fn run(args: ServeArgs) -> Result<()> {
+/// The HTTP app: the pipeline built from `args`, behind every route. What
+/// [`run`] listens with, and what tests drive in-process (with a
+/// `PrometheusHandle` of their own). Must run inside a tokio runtime.
+pub async fn app(
+    args: &ServeArgs,
+    compute: crate::compute::Compute,
+    prometheus: PrometheusHandle,
+) -> Result<Router> {
     args.limits.validate()?;
-    let conn_limits = args.connections.limits()?;
-    let cap = args.connections.connection_cap()?;
     let mut keys = args.api_keys.clone();
     if let Some(path) = &args.api_key_file {
         keys.extend(auth::read_key_file(path)?);
@@ -181,18 +185,26 @@ pub fn run(args: ServeArgs) -> Result<()> {
     } else {
         tracing::warn!("no --api-key set: /api/* is open to anyone who can reach the server");
     }
+    let pipeline =
+        pipeline::build(&args.pipeline, &args.analysis, &args.images, compute, None).await?;
+    Ok(router(Arc::new(AppState {
+        pipeline,
+        prometheus,
+        limits: args.limits.clone(),
+        api_keys,
+    })))
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs) -> Result<()> {
+    args.limits.validate()?;
+    let conn_limits = args.connections.limits()?;
+    let cap = args.connections.connection_cap()?;
     let compute = args.pipeline.resolve_compute()?;
     let prometheus = install_metrics()?;
     let runtime = pipeline::runtime()?;
     let result = runtime.block_on(async move {
-        let pipeline =
-            pipeline::build(&args.pipeline, &args.analysis, &args.images, compute, None).await?;
-        let state = Arc::new(AppState {
-            pipeline,
-            prometheus,
-            limits: args.limits.clone(),
-            api_keys,
-        });
+        let app = app(&args, compute, prometheus).await?;
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("binding {}", args.bind))?;
@@ -205,15 +217,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             "ongi listening"
         );
         let grace = Duration::from_secs_f64(args.shutdown_grace_secs.max(0.0));
-        listener::serve(
-            listener,
-            router(state),
-            conn_limits,
-            cap,
-            shutdown_signal(),
-            grace,
-        )
-        .await;
+        listener::serve(listener, app, conn_limits, cap, shutdown_signal(), grace).await;
         // Every store write was durable when it returned: nothing to flush.
         anyhow::Ok(())
     });

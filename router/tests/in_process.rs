@@ -1,0 +1,200 @@
+//! The HTTP app driven in-process (no socket, no child process) through
+//! `tower::ServiceExt::oneshot`: the contract's error answers and the
+//! documents, as the library builds them for `ongi serve`.
+
+mod support;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use clap::Parser;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use support::{photo_dir, tiny_model};
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    serve: ongi_router::server::ServeArgs,
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let body = match body {
+        Some(v) => {
+            request = request.header("content-type", "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = app
+        .clone()
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_answers_the_contract_in_process() {
+    let photos = photo_dir();
+    let store = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let store_file = store.path().join("f.redb");
+    let args = Args::parse_from([
+        "test",
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        photos.path().to_str().unwrap(),
+        "--store",
+        store_file.to_str().unwrap(),
+        "--api-key",
+        "k1",
+    ])
+    .serve;
+    let compute = args.pipeline.resolve_compute().unwrap();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let app = ongi_router::server::app(&args, compute, metrics)
+        .await
+        .unwrap();
+
+    // The OpenAPI document lists every album route.
+    let (status, doc) = call(&app, "GET", "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    for route in [
+        "embedding",
+        "duplicates",
+        "quality",
+        "categories",
+        "score",
+        "search",
+    ] {
+        let path = format!("/api/albums/{route}");
+        assert!(paths.contains(&&path), "{path} missing from {paths:?}");
+    }
+
+    // 403 without the key, in the envelope.
+    let images = json!({"images": ["landscape_dune.jpg"]});
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/albums/quality",
+        None,
+        Some(images.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::FORBIDDEN,
+            json!({"message": "unauthorized_server", "data": null})
+        )
+    );
+
+    // 428 naming the keys without features.
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/albums/quality",
+        Some("k1"),
+        Some(images.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::PRECONDITION_REQUIRED,
+            json!({"message": "embedding_required", "data": ["landscape_dune.jpg"]})
+        )
+    );
+
+    // 400 with the reason, naming the field.
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/albums/search",
+        Some("k1"),
+        Some(json!({"images": ["a"], "query": "q", "top_k": "ten"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["message"], "invalid_request");
+    assert!(
+        body["data"]
+            .as_str()
+            .unwrap()
+            .contains("top_k: invalid type"),
+        "{body}"
+    );
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/albums/embedding",
+        Some("k1"),
+        Some(json!({"images": []})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["data"].clone()),
+        (StatusCode::BAD_REQUEST, json!("images must not be empty"))
+    );
+
+    // Embedding then an analysis route, in-process.
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/albums/embedding",
+        Some("k1"),
+        Some(images.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::CREATED,
+            json!({"message": "success", "data": null})
+        )
+    );
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/albums/quality",
+        Some("k1"),
+        Some(images),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Health reports the precision; unknown paths get the envelope.
+    let (status, body) = call(&app, "GET", "/health/info", None, None).await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (StatusCode::OK, json!("ok"))
+    );
+    assert!(
+        body["precision"].as_str().is_some_and(|p| !p.is_empty()),
+        "{body}"
+    );
+    let (status, body) = call(&app, "GET", "/nope", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["message"].is_string(), "{body}");
+}
