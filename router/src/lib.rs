@@ -8,6 +8,7 @@ pub mod compute;
 pub mod embed;
 pub mod hub;
 pub mod inputs;
+pub mod kafka;
 pub mod loadtest;
 pub mod pipeline;
 pub mod progress;

@@ -74,7 +74,8 @@ async fn the_app_answers_the_contract_in_process() {
         .handle();
     let app = ongi_router::server::app(&args, compute, metrics)
         .await
-        .unwrap();
+        .unwrap()
+        .http;
 
     // The OpenAPI document lists every album route.
     let (status, doc) = call(&app, "GET", "/openapi.json", None, None).await;

@@ -62,6 +62,21 @@ pub struct ServeArgs {
     pub pipeline: PipelineArgs,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
+    #[command(flatten)]
+    pub kafka: crate::kafka::KafkaArgs,
+    /// Serve HTTP (`off`: only the Kafka workers, with `--kafka`).
+    #[arg(long, env = "ONGI_HTTP", value_enum, default_value = "on")]
+    pub http: crate::kafka::OnOff,
+}
+
+/// The app's two doors over one pipeline: `http` (behind the API-key check
+/// when keys are set) and `internal` (no key check) for jobs that arrive
+/// another way (Kafka), which are trusted by how they arrive.
+pub struct App {
+    /// What the HTTP listener serves.
+    pub http: Router,
+    /// The same routes without the API-key check.
+    pub internal: Router,
 }
 
 /// Everything the handlers share.
@@ -163,14 +178,14 @@ fn install_metrics() -> Result<PrometheusHandle> {
         .inspect(|_| telemetry::describe())
 }
 
-/// The HTTP app: the pipeline built from `args`, behind every route. What
-/// [`run`] listens with, and what tests drive in-process (with a
+/// The app: the pipeline built from `args`, behind every route. What
+/// [`run`] serves, and what tests drive in-process (with a
 /// `PrometheusHandle` of their own). Must run inside a tokio runtime.
 pub async fn app(
     args: &ServeArgs,
     compute: crate::compute::Compute,
     prometheus: PrometheusHandle,
-) -> Result<Router> {
+) -> Result<App> {
     args.limits.validate()?;
     let mut keys = args.api_keys.clone();
     if let Some(path) = &args.api_key_file {
@@ -187,12 +202,16 @@ pub async fn app(
     }
     let pipeline =
         pipeline::build(&args.pipeline, &args.analysis, &args.images, compute, None).await?;
-    Ok(router(Arc::new(AppState {
+    let state = Arc::new(AppState {
         pipeline,
         prometheus,
         limits: args.limits.clone(),
         api_keys,
-    })))
+    });
+    Ok(App {
+        http: router(state.clone(), true),
+        internal: router(state, false),
+    })
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -203,21 +222,54 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let compute = args.pipeline.resolve_compute()?;
     let prometheus = install_metrics()?;
     let runtime = pipeline::runtime()?;
+    use crate::kafka::OnOff;
+    if args.http == OnOff::Off && args.kafka.brokers.is_none() {
+        anyhow::bail!("--http off needs --kafka: there would be nothing to serve");
+    }
     let result = runtime.block_on(async move {
         let app = app(&args, compute, prometheus).await?;
-        let listener = tokio::net::TcpListener::bind(args.bind)
-            .await
-            .with_context(|| format!("binding {}", args.bind))?;
-        tracing::info!(
-            addr = %listener.local_addr()?,
-            max_connections = cap,
-            header_timeout_secs = conn_limits.header_timeout.as_secs_f64(),
-            body_timeout_secs = conn_limits.body_timeout.as_secs_f64(),
-            idle_timeout_secs = conn_limits.idle_timeout.as_secs_f64(),
-            "ongi listening"
-        );
-        let grace = Duration::from_secs_f64(args.shutdown_grace_secs.max(0.0));
-        listener::serve(listener, app, conn_limits, cap, shutdown_signal(), grace).await;
+        // One shutdown signal for both doors.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let kafka = args.kafka.brokers.is_some().then(|| {
+            tokio::spawn(crate::kafka::serve(
+                app.internal.clone(),
+                args.kafka.clone(),
+                stopped(stop_rx.clone()),
+            ))
+        });
+        if args.http == OnOff::On {
+            let listener = tokio::net::TcpListener::bind(args.bind)
+                .await
+                .with_context(|| format!("binding {}", args.bind))?;
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                max_connections = cap,
+                header_timeout_secs = conn_limits.header_timeout.as_secs_f64(),
+                body_timeout_secs = conn_limits.body_timeout.as_secs_f64(),
+                idle_timeout_secs = conn_limits.idle_timeout.as_secs_f64(),
+                "ongi listening"
+            );
+            let grace = Duration::from_secs_f64(args.shutdown_grace_secs.max(0.0));
+            listener::serve(
+                listener,
+                app.http,
+                conn_limits,
+                cap,
+                stopped(stop_rx.clone()),
+                grace,
+            )
+            .await;
+        }
+        if let Some(kafka) = kafka {
+            kafka.await.context("the Kafka door panicked")??;
+        }
         // Every store write was durable when it returned: nothing to flush.
         anyhow::Ok(())
     });
@@ -230,7 +282,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
 /// All routes: `/api/*` behind the API-key check (when keys are set) and the
 /// body-size limit; health, metrics and the OpenAPI document open.
-fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>, check_keys: bool) -> Router {
     let max_body = state.limits.max_body_bytes;
     let mut api = api_routes()
         .into_iter()
@@ -240,7 +292,7 @@ fn router(state: Arc<AppState>) -> Router {
             envelope::refuse_oversized_body,
         ));
     // The key check wraps the size check: an unauthorised client learns nothing.
-    if state.api_keys.enabled() {
+    if check_keys && state.api_keys.enabled() {
         api = api.route_layer(axum::middleware::from_fn_with_state(
             state.api_keys.clone(),
             auth::require_api_key,

@@ -112,6 +112,27 @@ const METRICS: &[(Kind, &str, Unit, &str, bool)] = &[
         true,
     ),
     (
+        Kind::Counter,
+        "ongi_kafka_jobs_total",
+        Unit::Count,
+        "Kafka jobs consumed, by task.",
+        true,
+    ),
+    (
+        Kind::Counter,
+        "ongi_kafka_answers_total",
+        Unit::Count,
+        "Kafka answers produced, by task and status code.",
+        true,
+    ),
+    (
+        Kind::Counter,
+        "ongi_kafka_aborts_total",
+        Unit::Count,
+        "Kafka batches whose answers were not committed (consumed again), by task.",
+        true,
+    ),
+    (
         Kind::Histogram,
         "ongi_analysis_seconds",
         Unit::Seconds,
