@@ -97,11 +97,20 @@ impl ComputeArgs {
         // candle sizes its matrix-kernel parallelism from RAYON_NUM_THREADS and
         // runs it on the global rayon pool: set both so exactly `threads` compute.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-        rayon::ThreadPoolBuilder::new()
+        let built = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("ongi-compute-{i}"))
-            .build_global()
-            .context("building the compute thread pool")?;
+            .build_global();
+        // A second app in the same process (the library's users, tests)
+        // shares the pool when it has the size asked for.
+        if let Err(e) = built {
+            if rayon::current_num_threads() != threads {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "building the compute thread pool: it already runs {} threads, not {threads}",
+                    rayon::current_num_threads()
+                )));
+            }
+        }
         let device = parse_device(&self.device)?;
         let (precision, precision_reason) = self.dtype.resolve(&device);
         Ok(Compute {
