@@ -6,17 +6,8 @@ mod support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use clap::Parser;
 use serde_json::{json, Value};
 use tower::ServiceExt;
-
-use support::{photo_dir, tiny_model};
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    serve: ongi_router::server::ServeArgs,
-}
 
 async fn call(
     app: &axum::Router,
@@ -52,30 +43,8 @@ async fn call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_answers_the_contract_in_process() {
-    let photos = photo_dir();
-    let store = tempfile::tempdir().unwrap();
-    let model = tiny_model();
-    let store_file = store.path().join("f.redb");
-    let args = Args::parse_from([
-        "test",
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        photos.path().to_str().unwrap(),
-        "--store",
-        store_file.to_str().unwrap(),
-        "--api-key",
-        "k1",
-    ])
-    .serve;
-    let compute = args.pipeline.resolve_compute().unwrap();
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .build_recorder()
-        .handle();
-    let app = ongi_router::server::app(&args, compute, metrics)
-        .await
-        .unwrap()
-        .http;
+    let (app, _, _dirs) = support::in_process_app(&["--api-key", "k1"]).await;
+    let app = app.http;
 
     // The OpenAPI document lists every album route.
     let (status, doc) = call(&app, "GET", "/openapi.json", None, None).await;

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
-use clap::Parser;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -19,13 +18,7 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use support::{photo_dir, photo_names, tiny_model};
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    serve: ongi_router::server::ServeArgs,
-}
+use support::photo_names;
 
 /// What the HTTP route answers to `body`: (status, body).
 async fn http_answer(app: &axum::Router, route: &str, body: &Value) -> (u64, Value) {
@@ -94,28 +87,7 @@ impl Harness {
             }
         }
         let brokers = cluster.bootstrap_servers();
-        let photos = photo_dir();
-        let store = tempfile::tempdir().unwrap();
-        let (model, store_file) = (tiny_model(), store.path().join("f.redb"));
-        let args = Args::parse_from([
-            "test",
-            "--model",
-            model.to_str().unwrap(),
-            "--images",
-            photos.path().to_str().unwrap(),
-            "--store",
-            store_file.to_str().unwrap(),
-            "--kafka",
-            &brokers,
-        ])
-        .serve;
-        let compute = args.pipeline.resolve_compute().unwrap();
-        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .build_recorder()
-            .handle();
-        let app = ongi_router::server::app(&args, compute, metrics)
-            .await
-            .unwrap();
+        let (app, args, dirs) = support::in_process_app(&["--kafka", &brokers]).await;
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let door = tokio::spawn(ongi_router::kafka::serve(
             app.internal.clone(),
@@ -149,7 +121,7 @@ impl Harness {
             reader,
             stop,
             door,
-            _dirs: (photos, store),
+            _dirs: dirs,
         }
     }
 

@@ -60,6 +60,45 @@ pub fn cli_embeddings<S: AsRef<std::ffi::OsStr>>(
         .collect()
 }
 
+/// An app built in-process (as `ongi serve` builds it) over a copy of the
+/// fixture photos, a fresh embedded store and the tiny model, with `extra`
+/// serve flags; its folders live as long as the returned guard.
+pub async fn in_process_app(
+    extra: &[&str],
+) -> (
+    ongi_router::server::App,
+    ongi_router::server::ServeArgs,
+    (tempfile::TempDir, tempfile::TempDir),
+) {
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        serve: ongi_router::server::ServeArgs,
+    }
+    let photos = photo_dir();
+    let store = tempfile::tempdir().unwrap();
+    let (model, store_file) = (tiny_model(), store.path().join("f.redb"));
+    let mut argv = vec![
+        "test",
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        photos.path().to_str().unwrap(),
+        "--store",
+        store_file.to_str().unwrap(),
+    ];
+    argv.extend(extra);
+    let args = <Args as clap::Parser>::parse_from(argv).serve;
+    let compute = args.pipeline.resolve_compute().unwrap();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let app = ongi_router::server::app(&args, compute, metrics)
+        .await
+        .unwrap();
+    (app, args, (photos, store))
+}
+
 /// The repository's test fixtures.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
