@@ -190,17 +190,20 @@ async fn call(app: &Router, route: &str, body: Value) -> Result<(u16, Value)> {
 }
 
 /// Runs one worker per task until `shutdown` resolves (or a worker fails).
+/// On shutdown each worker finishes the batch it is answering, so no
+/// transaction is left open, and stops before taking another.
 pub async fn serve(
     app: Router,
     args: KafkaArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let brokers = args.brokers.clone().context("--kafka is not set")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();
     for (task, route) in TASKS {
         let worker = Worker::connect(&args, &brokers, task, route)?;
-        let app = app.clone();
-        workers.spawn(async move { worker.run(app).await });
+        let (app, stop) = (app.clone(), stop_rx.clone());
+        workers.spawn(async move { worker.run(app, stop).await });
     }
     tracing::info!(
         brokers = %brokers,
@@ -208,12 +211,26 @@ pub async fn serve(
         transactions = ?args.kafka_transactions,
         "Kafka workers started (people jobs are not served yet)"
     );
-    tokio::select! {
-        () = shutdown => Ok(()),
-        Some(done) = workers.join_next() => {
-            done.context("a Kafka worker panicked")?.context("a Kafka worker stopped")
+    let failed = tokio::select! {
+        () = shutdown => None,
+        Some(done) = workers.join_next() => Some(done),
+    };
+    let _ = stop_tx.send(true);
+    let mut result = match failed {
+        Some(done) => done
+            .context("a Kafka worker panicked")?
+            .context("a Kafka worker stopped"),
+        None => Ok(()),
+    };
+    while let Some(done) = workers.join_next().await {
+        let finished = done
+            .context("a Kafka worker panicked")
+            .and_then(|r| r.context("a Kafka worker stopped"));
+        if result.is_ok() {
+            result = finished;
         }
     }
+    result
 }
 
 /// Whether `e` leaves the transactional producer unusable (fenced, or a
@@ -305,9 +322,13 @@ impl Worker {
         })
     }
 
-    async fn run(self, app: Router) -> Result<()> {
+    async fn run(self, app: Router, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
         loop {
-            let batch = self.next_batch().await?;
+            // Stop only between batches, never inside a transaction.
+            let batch = tokio::select! {
+                batch = self.next_batch() => batch?,
+                _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            };
             let answers = futures_util::future::join_all(
                 batch.iter().map(|m| answer(&app, self.route, m.payload())),
             )

@@ -67,13 +67,15 @@ async fn read_answers(
 /// A mock cluster with the album topics, the app, its Kafka door running,
 /// a producer of jobs and a `read_committed` reader of answers.
 struct Harness {
-    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     app: ongi_router::server::App,
     producer: FutureProducer,
     reader: StreamConsumer,
     stop: tokio::sync::oneshot::Sender<()>,
     door: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
+    /// Last: fields drop in order, and clients closing against a cluster
+    /// already gone wait out their session timeouts.
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
 }
 
 impl Harness {
