@@ -11,6 +11,7 @@ use ongi_core::features::{hamming, FeatureRecord};
 use serde::Serialize;
 
 use crate::report::{AlbumReport, LowQuality, Thumb};
+use crate::server::api::{CategoryImages, CategoryScores, ImageScore};
 
 use crate::inputs::{self, Input};
 use crate::pipeline::{self, AnalysisArgs, PipelineArgs};
@@ -109,9 +110,9 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
         if let Some(query) = query {
             let embedding = pipeline.queries.embed(query).await?;
             let top_k = usize::try_from(args.top_k).unwrap_or(usize::MAX);
-            let ranked: Vec<Scored> = ongi_core::analysis::search(&records, &embedding, top_k)
+            let ranked: Vec<ImageScore> = ongi_core::analysis::search(&records, &embedding, top_k)
                 .into_iter()
-                .map(|(image, score)| Scored { image, score })
+                .map(|(image, score)| ImageScore { image, score })
                 .collect();
             return anyhow::Ok((serde_json::to_string_pretty(&ranked)?, failed.len()));
         }
@@ -138,7 +139,7 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
                 category: category.clone(),
                 images: images
                     .iter()
-                    .map(|k| Scored {
+                    .map(|k| ImageScore {
                         image: k.clone(),
                         score: score_of.get(k.as_str()).copied().unwrap_or(0.0),
                     })
@@ -173,6 +174,7 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
                 args.thumbnails.as_deref(),
             )?;
             let quality = analyzer.quality_config();
+            timings.push(("total before writing".into(), run_started.elapsed()));
             let page = AlbumReport {
                 title: args.photos.display().to_string(),
                 model: pipeline.embedding.model_id().to_string(),
@@ -224,10 +226,7 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
                     })
                     .collect(),
                 failed: failed.clone(),
-                timings: {
-                    timings.push(("total before writing".into(), run_started.elapsed()));
-                    timings.clone()
-                },
+                timings,
             };
             std::fs::write(html, page.render())
                 .with_context(|| format!("writing {}", html.display()))?;
@@ -259,7 +258,7 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
     })
 }
 
-/// What `ongi analyze` prints, in the HTTP routes' shapes. Typed, so scores
+/// What `ongi analyze` prints, in the HTTP routes' own types, so scores
 /// print as the f32 they are (as the routes print them), not widened to f64.
 #[derive(Serialize)]
 struct Output {
@@ -268,24 +267,6 @@ struct Output {
     categories: Vec<CategoryImages>,
     scores: Vec<CategoryScores>,
     failed: Vec<Failure>,
-}
-
-#[derive(Serialize)]
-struct CategoryImages {
-    category: String,
-    images: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct CategoryScores {
-    category: String,
-    images: Vec<Scored>,
-}
-
-#[derive(Serialize)]
-struct Scored {
-    image: String,
-    score: f32,
 }
 
 #[derive(Serialize)]

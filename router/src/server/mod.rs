@@ -1,6 +1,6 @@
 //! `ongi serve`: the HTTP server, a drop-in for the original AI server.
 
-mod api;
+pub mod api;
 mod auth;
 mod conn;
 mod envelope;
