@@ -179,7 +179,7 @@ fn invalid(task_id: String, album_id: i64, reason: String) -> Value {
 }
 
 /// POSTs `body` to `route` on the in-process app: (status, answer body).
-async fn call(app: &Router, route: &str, body: Value) -> Result<(u16, Value)> {
+pub async fn call(app: &Router, route: &str, body: Value) -> Result<(u16, Value)> {
     let request = Request::post(route)
         .header("content-type", "application/json")
         .body(Body::from(body.to_string()))?;

@@ -8,30 +8,21 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::Request;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 use support::photo_names;
 
 /// What the HTTP route answers to `body`: (status, body).
 async fn http_answer(app: &axum::Router, route: &str, body: &Value) -> (u64, Value) {
-    let request = Request::post(route)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = u64::from(response.status().as_u16());
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+    let (status, body) = ongi_router::kafka::call(app, route, body.clone())
         .await
         .unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap())
+    (u64::from(status), body)
 }
 
 /// Answers read (committed only) from the response topics until `want`
