@@ -16,27 +16,31 @@
 //! librdkafka (through `rdkafka`) is the client: it implements consumer
 //! groups and the transactional producer; its build is vendored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 
 /// The album tasks served over Kafka: topic name part and the route that answers.
-pub const TASKS: [(&str, &str); 5] = [
+pub const TASKS: [(&str, &str); 6] = [
     ("embedding", "/api/albums/embedding"),
     ("duplicate", "/api/albums/duplicates"),
     ("quality", "/api/albums/quality"),
     ("category", "/api/albums/categories"),
     ("score", "/api/albums/score"),
+    ("people", "/api/albums/people"),
 ];
 
 /// How long a librdkafka call on the transaction path may block.
@@ -178,11 +182,133 @@ fn invalid(task_id: String, album_id: i64, reason: String) -> Value {
     })
 }
 
+/// A worker's state, as `/health/info` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Connecting and joining its consumer group.
+    Starting,
+    /// Consuming and answering.
+    Running,
+    /// Stopped (shut down, or failed: the log says why).
+    Stopped,
+}
+
+/// One task's worker, as `/health/info` reports it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct TaskHealth {
+    /// The task (`embedding`, `duplicate`, ...).
+    pub task: &'static str,
+    /// Whether it is answering.
+    pub state: WorkerState,
+    /// Brokers its consumer is connected to (unknown until the client's
+    /// first statistics, a few seconds after start).
+    pub brokers_up: Option<usize>,
+    /// Jobs waiting in its assigned partitions (unknown until known).
+    pub lag: Option<i64>,
+}
+
+/// What the Kafka door tells `/health/info`: each worker's state, and the
+/// brokers and lag its consumer's statistics last reported.
+#[derive(Debug, Default)]
+pub struct KafkaHealth {
+    tasks: Mutex<BTreeMap<&'static str, TaskHealth>>,
+}
+
+impl KafkaHealth {
+    /// Every task's worker, `Starting` before the door has started it.
+    pub fn tasks(&self) -> Vec<TaskHealth> {
+        let known = self.tasks.lock().map(|t| t.clone()).unwrap_or_default();
+        TASKS
+            .iter()
+            .map(|(task, _)| {
+                known.get(task).cloned().unwrap_or(TaskHealth {
+                    task,
+                    state: WorkerState::Starting,
+                    brokers_up: None,
+                    lag: None,
+                })
+            })
+            .collect()
+    }
+
+    /// Why the door is not healthy: a stopped worker, or one whose consumer
+    /// reaches no broker.
+    pub fn problems(&self) -> Vec<String> {
+        self.tasks()
+            .iter()
+            .filter_map(|t| match (t.state, t.brokers_up) {
+                (WorkerState::Stopped, _) => Some(format!("Kafka {} worker stopped", t.task)),
+                (_, Some(0)) => Some(format!("Kafka {} worker reaches no broker", t.task)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn update(&self, task: &'static str, change: impl FnOnce(&mut TaskHealth)) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            let entry = tasks.entry(task).or_insert(TaskHealth {
+                task,
+                state: WorkerState::Starting,
+                brokers_up: None,
+                lag: None,
+            });
+            change(entry);
+        }
+    }
+}
+
+/// The consumer's librdkafka callbacks: statistics become the lag gauge and
+/// the health's broker count; client errors go to the log (librdkafka's
+/// default prints them through another logger).
+struct Observer {
+    task: &'static str,
+    health: Arc<KafkaHealth>,
+}
+
+impl ClientContext for Observer {
+    fn stats(&self, statistics: Statistics) {
+        // Brokers by node id: the bootstrap entries (id -1) repeat them.
+        let mut up = std::collections::BTreeSet::new();
+        for broker in statistics.brokers.values() {
+            if broker.nodeid >= 0 && broker.state == "UP" {
+                up.insert(broker.nodeid);
+            }
+        }
+        // Assigned partitions report their lag; -1 means not yet known.
+        let lags: Vec<i64> = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .collect();
+        let lag = (!lags.is_empty()).then(|| lags.iter().sum::<i64>());
+        if let Some(lag) = lag {
+            metrics::gauge!("ongi_kafka_lag", "task" => self.task).set(lag as f64);
+        }
+        self.health.update(self.task, |t| {
+            t.brokers_up = Some(up.len());
+            t.lag = lag;
+        });
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(task = self.task, error = %error, reason, "Kafka client error");
+    }
+}
+
+impl ConsumerContext for Observer {}
+
 /// POSTs `body` to `route` on the in-process app: (status, answer body).
 pub async fn call(app: &Router, route: &str, body: Value) -> Result<(u16, Value)> {
+    let body = body.to_string();
+    // The length, as an HTTP client sends it: the size limit answers as it
+    // does over HTTP.
     let request = Request::post(route)
         .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))?;
+        .header("content-length", body.len())
+        .body(Body::from(body))?;
     let response = app.clone().oneshot(request).await?;
     let status = response.status().as_u16();
     let bytes = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES).await?;
@@ -195,21 +321,30 @@ pub async fn call(app: &Router, route: &str, body: Value) -> Result<(u16, Value)
 pub async fn serve(
     app: Router,
     args: KafkaArgs,
+    health: Arc<KafkaHealth>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let brokers = args.brokers.clone().context("--kafka is not set")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();
     for (task, route) in TASKS {
-        let worker = Worker::connect(&args, &brokers, task, route)?;
-        let (app, stop) = (app.clone(), stop_rx.clone());
-        workers.spawn(async move { worker.run(app, stop).await });
+        let worker = Worker::connect(&args, &brokers, task, route, health.clone())?;
+        let (app, stop, health) = (app.clone(), stop_rx.clone(), health.clone());
+        workers.spawn(async move {
+            health.update(task, |t| t.state = WorkerState::Running);
+            let result = worker.run(app, stop).await;
+            health.update(task, |t| t.state = WorkerState::Stopped);
+            if let Err(e) = &result {
+                tracing::error!(task, error = %crate::describe(e), "Kafka worker stopped");
+            }
+            result
+        });
     }
     tracing::info!(
         brokers = %brokers,
         prefix = %args.kafka_topic_prefix,
         transactions = ?args.kafka_transactions,
-        "Kafka workers started (people jobs are not served yet)"
+        "Kafka workers started"
     );
     let failed = tokio::select! {
         () = shutdown => None,
@@ -260,7 +395,7 @@ struct Worker {
     task: &'static str,
     route: &'static str,
     response_topic: String,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<Observer>,
     producer: FutureProducer,
     transactional: bool,
     max_batch: usize,
@@ -273,16 +408,19 @@ impl Worker {
         brokers: &str,
         task: &'static str,
         route: &'static str,
+        health: Arc<KafkaHealth>,
     ) -> Result<Self> {
         let request_topic = format!("{}{task}.request", args.kafka_topic_prefix);
         let group = args.group(task)?;
-        let consumer: StreamConsumer = args
+        let consumer: StreamConsumer<Observer> = args
             .config(brokers)?
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .create()
+            // Statistics feed the lag metric and the health answer.
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(Observer { task, health })
             .with_context(|| format!("Kafka consumer for {request_topic}"))?;
         consumer
             .subscribe(&[&request_topic])
@@ -356,21 +494,42 @@ impl Worker {
 
     /// The first message, then whatever else arrives within the batch window.
     async fn next_batch(&self) -> Result<Vec<OwnedMessage>> {
-        let first = self
-            .consumer
-            .recv()
-            .await
-            .context("Kafka receive")?
-            .detach();
+        let first = loop {
+            if let Some(message) = self.receive().await? {
+                break message;
+            }
+        };
         let mut batch = vec![first];
         let until = tokio::time::Instant::now() + self.batch_wait;
         while batch.len() < self.max_batch {
-            match tokio::time::timeout_at(until, self.consumer.recv()).await {
-                Ok(message) => batch.push(message.context("Kafka receive")?.detach()),
+            match tokio::time::timeout_at(until, self.receive()).await {
+                Ok(Ok(Some(message))) => batch.push(message),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Err(e),
                 Err(_) => break,
             }
         }
         Ok(batch)
+    }
+
+    /// The next message; `None` after a consumer error the client recovers
+    /// from (a topic not created yet, a partition moving), which is logged:
+    /// only a fatal one stops the worker.
+    async fn receive(&self) -> Result<Option<OwnedMessage>> {
+        match self.consumer.recv().await {
+            Ok(message) => Ok(Some(message.detach())),
+            Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
+                Err(anyhow::Error::new(e).context("Kafka receive"))
+            }
+            Err(e) => {
+                metrics::counter!("ongi_kafka_consumer_errors_total", "task" => self.task)
+                    .increment(1);
+                tracing::warn!(task = self.task, error = %e, "Kafka receive failed; retrying");
+                // The same error repeats until the cause is gone: do not spin.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(None)
+            }
+        }
     }
 
     /// Offsets to commit: one past the last message of each partition.

@@ -71,7 +71,7 @@ pub fn main() -> std::process::ExitCode {
 /// An error and its causes on one line, each cause once: library errors
 /// often show their source in their own message too, which anyhow's `{:#}`
 /// would print a second time.
-fn describe(err: &anyhow::Error) -> String {
+pub(crate) fn describe(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in err.chain() {
         let part = cause.to_string();

@@ -25,6 +25,7 @@ const ROUTES: &[&str] = &[
     "/api/albums/quality",
     "/api/albums/categories",
     "/api/albums/score",
+    "/api/albums/people",
 ];
 
 fn config() -> Config {

@@ -85,6 +85,7 @@ async fn api_key_authentication() {
         "/api/albums/quality",
         "/api/albums/categories",
         "/api/albums/score",
+        "/api/albums/people",
     ] {
         let (status, text) = server
             .post_with_headers(route, b"not json".to_vec(), &[])

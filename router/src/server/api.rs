@@ -151,6 +151,9 @@ pub struct HealthResponse {
     /// The model's precision, why it was chosen (the CPU features) and the
     /// kernels it runs on, e.g. `bf16 (CPU has AMX bf16 tiles (…); kernel amx-bf16)`.
     pub precision: String,
+    /// Each Kafka worker (only with `--kafka`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<Vec<crate::kafka::TaskHealth>>,
 }
 
 /// An error answer of the contract.

@@ -77,6 +77,8 @@ pub struct App {
     pub http: Router,
     /// The same routes without the API-key check.
     pub internal: Router,
+    /// What the Kafka door reports to `/health/info` (with `--kafka`).
+    pub kafka: Option<Arc<crate::kafka::KafkaHealth>>,
 }
 
 /// Everything the handlers share.
@@ -85,6 +87,7 @@ pub struct AppState {
     prometheus: PrometheusHandle,
     limits: LimitArgs,
     api_keys: Arc<ApiKeys>,
+    kafka: Option<Arc<crate::kafka::KafkaHealth>>,
 }
 
 #[derive(OpenApi)]
@@ -96,12 +99,17 @@ pub struct AppState {
         routes::quality,
         routes::categories,
         routes::score,
+        routes::people,
         routes::search,
         routes::health,
         routes::metrics,
         routes::openapi
     ),
-    components(schemas(api::ErrorResponse))
+    components(schemas(
+        api::ErrorResponse,
+        crate::kafka::TaskHealth,
+        crate::kafka::WorkerState
+    ))
 )]
 struct ApiDoc;
 
@@ -146,6 +154,7 @@ fn api_routes() -> Vec<Route> {
         route(Verb::Post, "/api/albums/quality", routes::quality),
         route(Verb::Post, "/api/albums/categories", routes::categories),
         route(Verb::Post, "/api/albums/score", routes::score),
+        route(Verb::Post, "/api/albums/people", routes::people),
         route(Verb::Post, "/api/albums/search", routes::search),
     ]
 }
@@ -202,15 +211,18 @@ pub async fn app(
     }
     let pipeline =
         pipeline::build(&args.pipeline, &args.analysis, &args.images, compute, None).await?;
+    let kafka = args.kafka.brokers.is_some().then(Arc::default);
     let state = Arc::new(AppState {
         pipeline,
         prometheus,
         limits: args.limits.clone(),
         api_keys,
+        kafka: kafka.clone(),
     });
     Ok(App {
         http: router(state.clone(), true),
         internal: router(state, false),
+        kafka,
     })
 }
 
@@ -230,19 +242,31 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let app = app(&args, compute, prometheus).await?;
         // One shutdown signal for both doors.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let on_signal = stop_tx.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
-            let _ = stop_tx.send(true);
+            let _ = on_signal.send(true);
         });
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let kafka = args.kafka.brokers.is_some().then(|| {
-            tokio::spawn(crate::kafka::serve(
+        let kafka = app.kafka.clone().map(|health| {
+            let door = crate::kafka::serve(
                 app.internal.clone(),
                 args.kafka.clone(),
+                health,
                 stopped(stop_rx.clone()),
-            ))
+            );
+            let stop_all = stop_tx.clone();
+            tokio::spawn(async move {
+                let result = door.await;
+                // A failed door (a fenced producer, a lost group) stops the
+                // whole server, so a supervisor restarts it whole.
+                if result.is_err() {
+                    let _ = stop_all.send(true);
+                }
+                result
+            })
         });
         if args.http == OnOff::On {
             let listener = tokio::net::TcpListener::bind(args.bind)
@@ -367,7 +391,7 @@ mod tests {
             .chain(open_routes())
             .map(|r| (r.verb, r.path.to_string()))
             .collect();
-        assert_eq!(routed.len(), 9, "{routed:?}");
+        assert_eq!(routed.len(), 10, "{routed:?}");
         assert_eq!(documented, routed);
         // Every schema a documented body refers to is in the document.
         let json = serde_json::to_string(&doc).unwrap();

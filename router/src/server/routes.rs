@@ -184,6 +184,29 @@ pub async fn quality(
     }))
 }
 
+/// Persons in the album. Needs face models, and this server has none: it
+/// answers 400 saying so (after checking the request), so a client that
+/// asks, over HTTP or Kafka, gets a reason instead of silence.
+#[utoipa::path(
+    post,
+    path = "/api/albums/people",
+    request_body = ImagesRequest,
+    responses(
+        (status = 400, description = "This server has no face model; or an empty list, malformed body, too many images or body over the size limit", body = api::ErrorResponse),
+        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
+    )
+)]
+pub async fn people(
+    State(app): State<Arc<AppState>>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let request: ImagesRequest = api::parse_body(&body)?;
+    request_keys(&app, &request.images)?;
+    Err(ApiError::InvalidRequest(
+        "people needs a face model, and this server has none".into(),
+    ))
+}
+
 /// Themed categories by the representative-tag algorithm.
 #[utoipa::path(
     post,
@@ -319,22 +342,26 @@ pub async fn search(
     }))
 }
 
-/// Health and version: 200 when the inference worker runs and the feature
-/// store answers, else 503 in the error envelope naming what is down (the
+/// Health and version: 200 when the inference worker runs, the feature
+/// store answers and (with Kafka) every Kafka worker runs and reaches a
+/// broker, else 503 in the error envelope naming what is down (the
 /// cause itself is logged, not returned: it can name internal hosts).
 #[utoipa::path(get, path = "/health/info", responses(
     (status = 200, body = HealthResponse),
-    (status = 503, body = ErrorResponse, description = "the inference worker stopped or the feature store does not answer")
+    (status = 503, body = ErrorResponse, description = "the inference worker stopped, the feature store does not answer, or a Kafka worker stopped or reaches no broker")
 ))]
 pub async fn health(State(app): State<Arc<AppState>>) -> Result<Json<HealthResponse>, ApiError> {
     let mut down = Vec::new();
     if !app.pipeline.embedding.batcher().is_running() {
         tracing::error!("health: the inference worker has stopped");
-        down.push("inference worker stopped");
+        down.push("inference worker stopped".to_string());
     }
     if let Err(e) = app.pipeline.store.ping().await {
         tracing::error!(error = %e, "health: the feature store does not answer");
-        down.push("feature store unavailable");
+        down.push("feature store unavailable".to_string());
+    }
+    if let Some(kafka) = &app.kafka {
+        down.extend(kafka.problems());
     }
     if !down.is_empty() {
         return Err(ApiError::Unavailable(down.join("; ")));
@@ -348,6 +375,7 @@ pub async fn health(State(app): State<Arc<AppState>>) -> Result<Json<HealthRespo
         ),
         version: env!("CARGO_PKG_VERSION").into(),
         precision: app.pipeline.precision.clone(),
+        kafka: app.kafka.as_ref().map(|k| k.tasks()),
     }))
 }
 

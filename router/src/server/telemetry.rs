@@ -127,6 +127,20 @@ const METRICS: &[(Kind, &str, Unit, &str, bool)] = &[
     ),
     (
         Kind::Counter,
+        "ongi_kafka_consumer_errors_total",
+        Unit::Count,
+        "Kafka receive errors the client recovers from (e.g. a topic not created yet), by task.",
+        true,
+    ),
+    (
+        Kind::Gauge,
+        "ongi_kafka_lag",
+        Unit::Count,
+        "Kafka jobs waiting in a worker's assigned partitions, by task (from the client's statistics).",
+        true,
+    ),
+    (
+        Kind::Counter,
         "ongi_kafka_aborts_total",
         Unit::Count,
         "Kafka batches whose answers were not committed (consumed again), by task.",
