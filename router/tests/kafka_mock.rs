@@ -446,3 +446,41 @@ async fn a_broker_outage_shows_in_health_and_is_survived() {
     );
     h.stop().await;
 }
+
+/// A worker whose producer is fenced (a newer producer took over its
+/// transactions, as when a zombie of a restarted worker wakes up) stops,
+/// health says so, and the door returns the error that stops the server,
+/// instead of going on answering jobs that now belong to another member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fenced_worker_stops_instead_of_answering() {
+    let mut h = Harness::start().await;
+    h.cluster.request_errors(
+        rdkafka::types::RDKafkaApiKey::AddPartitionsToTxn,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; 3],
+    );
+    let job = json!({"taskId": "z", "albumId": 1, "images": ["landscape_dune.jpg"]});
+    h.send("quality", "z", job.to_string()).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(60), &mut h.door)
+        .await
+        .expect("the door did not stop after its producer was fenced")
+        .unwrap();
+    let err = stopped.expect_err("a fenced worker must fail the door");
+    let text = format!("{err:#}");
+    assert!(text.contains("fatal producer error"), "{text}");
+    let (status, body) = health(&h.app.http).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["data"]
+            .as_str()
+            .unwrap()
+            .contains("Kafka quality worker stopped"),
+        "{body}"
+    );
+    // (Its aborted answer would show here: this broker shows aborted
+    // records to read_committed readers. None was produced.)
+    let answers = support::kafka::read_answers(&h.reader, &["z"], Duration::from_secs(5)).await;
+    assert!(
+        by_id(&answers, "z").is_empty(),
+        "a fenced worker answered: {answers:?}"
+    );
+}
