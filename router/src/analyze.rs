@@ -101,7 +101,12 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
             let report = pipeline.embedding.embed(chunk).await?;
             stages.add(&report.timings);
             records.extend(report.records);
-            failed.extend(report.failed.into_iter().map(|f| (f.key, f.reason)));
+            failed.extend(
+                report
+                    .failed
+                    .into_iter()
+                    .map(|f| (f.key, f.error.to_string())),
+            );
             progress.inc(chunk.len() as u64);
         }
         progress.finish_and_clear();
@@ -163,7 +168,7 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
                     .make_thumbnails(&lacking, THUMBNAIL_SIDE)
                     .await?
                 {
-                    tracing::warn!(key = %f.key, reason = %f.reason, "no thumbnail");
+                    tracing::warn!(key = %f.key, reason = %f.error, "no thumbnail");
                 }
                 stored = pipeline.embedding.thumbnails(&present).await?;
             }

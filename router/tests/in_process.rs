@@ -57,6 +57,7 @@ async fn the_app_answers_the_contract_in_process() {
         "categories",
         "score",
         "search",
+        "people",
     ] {
         let path = format!("/api/albums/{route}");
         assert!(paths.contains(&&path), "{path} missing from {paths:?}");
@@ -94,6 +95,23 @@ async fn the_app_answers_the_contract_in_process() {
         (
             StatusCode::PRECONDITION_REQUIRED,
             json!({"message": "embedding_required", "data": ["landscape_dune.jpg"]})
+        )
+    );
+
+    // People needs face models this server does not have: 400 saying so.
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/albums/people",
+        Some("k1"),
+        Some(images.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"message": "invalid_request", "data": "people needs a face model, and this server has none"})
         )
     );
 
@@ -167,4 +185,33 @@ async fn the_app_answers_the_contract_in_process() {
     let (status, body) = call(&app, "GET", "/nope", None, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["message"].is_string(), "{body}");
+}
+
+/// Each photo's failure says what kind it is, for callers that act on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photo_failures_are_typed() {
+    use ongi_core::embedding::ImageError;
+    let (args, _dirs) = support::serve_args(&[]);
+    let compute = args.pipeline.resolve_compute().unwrap();
+    let pipeline =
+        ongi_router::pipeline::build(&args.pipeline, &args.analysis, &args.images, compute, None)
+            .await
+            .unwrap();
+    let keys = ["corrupt.jpg", "no-such-photo.jpg", "landscape_dune.jpg"].map(String::from);
+    let report = pipeline.embedding.embed(&keys).await.unwrap();
+    assert_eq!(report.embedded, 1);
+    let kinds: Vec<(&str, &ImageError)> = report
+        .failed
+        .iter()
+        .map(|f| (f.key.as_str(), &f.error))
+        .collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert!(
+        matches!(kinds[0], ("corrupt.jpg", ImageError::Decode(_))),
+        "{kinds:?}"
+    );
+    assert!(
+        matches!(kinds[1], ("no-such-photo.jpg", ImageError::Load(_))),
+        "{kinds:?}"
+    );
 }

@@ -32,6 +32,21 @@ async fn http_answer(app: &axum::Router, route: &str, body: &Value) -> (u64, Val
     (u64::from(status), body)
 }
 
+/// Three mock brokers holding every album topic, `partitions` each.
+fn mock_cluster(
+    partitions: i32,
+) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = MockCluster::new(3).unwrap();
+    for (task, _) in ongi_router::kafka::TASKS {
+        for side in ["request", "response"] {
+            cluster
+                .create_topic(&format!("album.ai.{task}.{side}"), partitions, 1)
+                .unwrap();
+        }
+    }
+    cluster
+}
+
 /// A mock cluster with the album topics, the app, its Kafka door running,
 /// a producer of jobs and a `read_committed` reader of answers.
 struct Harness {
@@ -48,14 +63,7 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        let cluster = MockCluster::new(3).unwrap();
-        for (task, _) in ongi_router::kafka::TASKS {
-            for side in ["request", "response"] {
-                cluster
-                    .create_topic(&format!("album.ai.{task}.{side}"), 2, 1)
-                    .unwrap();
-            }
-        }
+        let cluster = mock_cluster(2);
         let brokers = cluster.bootstrap_servers();
         let (app, args, dirs) = support::in_process_app(&["--kafka", &brokers]).await;
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -260,14 +268,7 @@ async fn a_failed_transaction_is_aborted_and_its_jobs_answered_once() {
 /// the killed worker embedded.
 async fn one_of_two_workers_killed(transactions: &str) {
     const JOBS: usize = 200;
-    let cluster = MockCluster::new(3).unwrap();
-    for (task, _) in ongi_router::kafka::TASKS {
-        for side in ["request", "response"] {
-            cluster
-                .create_topic(&format!("album.ai.{task}.{side}"), 4, 1)
-                .unwrap();
-        }
-    }
+    let cluster = mock_cluster(4);
     let brokers = cluster.bootstrap_servers();
     let redis = redis_support::RedisServer::start();
     let photos = support::kafka::distinct_photos(JOBS);

@@ -394,10 +394,16 @@ fn every_answer_is_in_the_envelope() {
             "not_found",
         ),
         (
-            "people, not yet served",
-            b"POST /api/albums/people HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+            "no such route",
+            b"POST /api/albums/nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
             404,
             "not_found",
+        ),
+        (
+            "people without images",
+            b"POST /api/albums/people HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+            400,
+            "invalid_request",
         ),
         (
             "wrong method",

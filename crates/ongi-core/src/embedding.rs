@@ -27,13 +27,39 @@ pub enum EmbedError {
     Store(#[from] StoreError),
 }
 
+/// Why one photo could not be embedded (the request goes on without it).
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Its bytes could not be read from the image source.
+    #[error(transparent)]
+    Load(#[from] crate::source::SourceError),
+    /// Its bytes are not a photo that decodes (or it is too large).
+    #[error(transparent)]
+    Decode(#[from] preprocess::PreprocessError),
+    /// The model failed on it, or the inference worker stopped.
+    #[error(transparent)]
+    Inference(#[from] crate::batcher::BatchError),
+    /// Still in flight when the request's deadline passed.
+    #[error("deadline exceeded: not embedded within the request timeout of {seconds:.3} s")]
+    Deadline {
+        /// The request timeout.
+        seconds: f64,
+    },
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// The decode pool dropped the work (a worker panicked).
+    #[error("decode worker stopped")]
+    DecodeWorkerStopped,
+}
+
 /// A key that could not be embedded, with the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ImageFailure {
     /// The object key as requested.
     pub key: String,
-    /// Why it failed (load, decode or inference error).
-    pub reason: String,
+    /// Why it failed.
+    pub error: ImageError,
 }
 
 /// What one embedding request did.
@@ -250,10 +276,9 @@ impl EmbeddingService {
                         Ok(result) => result,
                         Err(_) => {
                             metrics::counter!("ongi_images_deadline_exceeded_total").increment(1);
-                            Err(format!(
-                                "deadline exceeded: not embedded within the request timeout of {:.3} s",
-                                self.request_timeout.unwrap_or_default().as_secs_f64()
-                            ))
+                            Err(ImageError::Deadline {
+                                seconds: self.request_timeout.unwrap_or_default().as_secs_f64(),
+                            })
                         }
                     },
                 }
@@ -272,9 +297,9 @@ impl EmbeddingService {
                     thumbnails.extend(thumbnail.map(|jpeg| (thumbnail_blob(key), jpeg)));
                     per_image.push(t);
                 }
-                Err(reason) => failed.push(ImageFailure {
+                Err(error) => failed.push(ImageFailure {
                     key: key.clone(),
-                    reason,
+                    error,
                 }),
             }
         }
@@ -322,15 +347,15 @@ impl EmbeddingService {
         &self,
         key: &str,
         slot: Slot,
-    ) -> Result<(FeatureRecord, Option<Vec<u8>>, ImageTimings), String> {
+    ) -> Result<(FeatureRecord, Option<Vec<u8>>, ImageTimings), ImageError> {
         let started = Instant::now();
         let bytes = {
             let _permit = self
                 .fetch_permits
                 .acquire()
                 .await
-                .map_err(|_| "server is shutting down".to_string())?;
-            self.source.fetch(key).await.map_err(|e| e.to_string())?
+                .map_err(|_| ImageError::ShuttingDown)?;
+            self.source.fetch(key).await?
         };
         let load = started.elapsed();
 
@@ -361,7 +386,7 @@ impl EmbeddingService {
         });
         let (pixels, px, thumbnail, decode, preprocess) = decoded.await?;
 
-        let embedded = slot.embed(pixels).await.map_err(|e| e.to_string())?;
+        let embedded = slot.embed(pixels).await?;
         let record = FeatureRecord {
             embedding: embedded.embedding,
             phash: px.phash,
@@ -384,16 +409,12 @@ impl EmbeddingService {
     fn on_decode_pool<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, preprocess::PreprocessError> + Send + 'static,
-    ) -> impl std::future::Future<Output = Result<T, String>> {
+    ) -> impl std::future::Future<Output = Result<T, ImageError>> {
         let (tx, rx) = oneshot::channel();
         self.decode_pool.spawn(move || {
             let _ = tx.send(work());
         });
-        async move {
-            rx.await
-                .map_err(|_| "decode worker stopped".to_string())?
-                .map_err(|e| e.to_string())
-        }
+        async move { Ok(rx.await.map_err(|_| ImageError::DecodeWorkerStopped)??) }
     }
 
     /// The stored thumbnail of each key (`None` where there is none). Photos
@@ -421,7 +442,7 @@ impl EmbeddingService {
         let mut failed = Vec::new();
         for key in keys {
             let made = async {
-                let bytes = self.source.fetch(key).await.map_err(|e| e.to_string())?;
+                let bytes = self.source.fetch(key).await?;
                 let max_pixels = self.max_pixels;
                 let min_edge = self.decode_mode.min_decode_size(&self.preprocess);
                 self.on_decode_pool(move || {
@@ -437,9 +458,9 @@ impl EmbeddingService {
                         .put_blob(&self.model_id, &thumbnail_blob(key), &jpeg)
                         .await?
                 }
-                Err(reason) => failed.push(ImageFailure {
+                Err(error) => failed.push(ImageFailure {
                     key: key.clone(),
-                    reason,
+                    error,
                 }),
             }
         }
@@ -466,8 +487,11 @@ fn record_metrics(per_image: &[ImageTimings], t: &RequestTimings, embedded: usiz
     }
 }
 
+/// Milliseconds to the microsecond: whole microseconds divided by 1000
+/// print short (`0.155`), where nanoseconds times 1e-6 print float noise
+/// (`0.15506499999999998`).
 fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+    d.as_micros() as f64 / 1e3
 }
 
 /// Logs the request's one structured timing line.
@@ -502,4 +526,16 @@ pub fn log_timings(images: usize, report: &EmbedReport) {
         total_ms = ms(t.total),
         "embedding request"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_milliseconds_print_without_float_noise() {
+        assert_eq!(ms(Duration::from_nanos(155_065)).to_string(), "0.155");
+        assert_eq!(ms(Duration::from_micros(6_009_438)).to_string(), "6009.438");
+        assert_eq!(ms(Duration::ZERO).to_string(), "0");
+    }
 }

@@ -105,7 +105,7 @@ pub async fn embedding(
     for failure in &report.failed {
         tracing::warn!(
             key = %Untrusted(&failure.key),
-            reason = %Untrusted(&failure.reason),
+            reason = %Untrusted(&failure.error.to_string()),
             "image failed"
         );
     }

@@ -62,13 +62,12 @@ pub fn cli_embeddings<S: AsRef<std::ffi::OsStr>>(
         .collect()
 }
 
-/// An app built in-process (as `ongi serve` builds it) over a copy of the
-/// fixture photos, a fresh embedded store and the tiny model, with `extra`
-/// serve flags; its folders live as long as the returned guard.
-pub async fn in_process_app(
+/// `ongi serve` arguments over a copy of the fixture photos, a fresh
+/// embedded store and the tiny model, then `extra` flags; the folders live
+/// as long as the returned guard.
+pub fn serve_args(
     extra: &[&str],
 ) -> (
-    ongi_router::server::App,
     ongi_router::server::ServeArgs,
     (tempfile::TempDir, tempfile::TempDir),
 ) {
@@ -91,6 +90,18 @@ pub async fn in_process_app(
     ];
     argv.extend(extra);
     let args = <Args as clap::Parser>::parse_from(argv).serve;
+    (args, (photos, store))
+}
+
+/// An app built in-process (as `ongi serve` builds it) from [`serve_args`].
+pub async fn in_process_app(
+    extra: &[&str],
+) -> (
+    ongi_router::server::App,
+    ongi_router::server::ServeArgs,
+    (tempfile::TempDir, tempfile::TempDir),
+) {
+    let (args, dirs) = serve_args(extra);
     let compute = args.pipeline.resolve_compute().unwrap();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
@@ -98,7 +109,7 @@ pub async fn in_process_app(
     let app = ongi_router::server::app(&args, compute, metrics)
         .await
         .unwrap();
-    (app, args, (photos, store))
+    (app, args, dirs)
 }
 
 /// The repository's test fixtures.
