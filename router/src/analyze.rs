@@ -113,7 +113,7 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
         timings.extend(stages.rows());
         let analyzer = &pipeline.analyzer;
         if let Some(query) = query {
-            let embedding = pipeline.queries.embed(query).await?;
+            let embedding = pipeline.texts.query(query).await?;
             let top_k = usize::try_from(args.top_k).unwrap_or(usize::MAX);
             let ranked: Vec<ImageScore> = ongi_core::analysis::search(&records, &embedding, top_k)
                 .into_iter()

@@ -9,13 +9,14 @@ use anyhow::{bail, Context, Result};
 use ongi_core::analysis::quality::QualityConfig;
 use ongi_core::analysis::score::ScoreHead;
 use ongi_core::analysis::taxonomy::Taxonomy;
-use ongi_core::analysis::{AnalysisConfig, Analyzer, QueryEncoder};
+use ongi_core::analysis::{AnalysisConfig, Analyzer};
 use ongi_core::batcher::{Batcher, BatcherConfig};
 use ongi_core::embedding::{EmbeddingService, PipelineConfig};
 use ongi_core::encoder::{ClipImageEncoder, ClipTextEncoder};
 use ongi_core::preprocess::{DecodeMode, PreprocessConfig};
 use ongi_core::source::{ImageSource, SourceLimits};
 use ongi_core::store::FeatureStore;
+use ongi_core::text_cache::TextEmbeddings;
 use ongi_core::tokenize::ClipTokenizer;
 use ongi_model::clip::ClipModel;
 
@@ -142,8 +143,8 @@ pub struct Pipeline {
     pub embedding: EmbeddingService,
     /// Album analysis over the store.
     pub analyzer: Analyzer,
-    /// Text embeddings of search queries (cached in the store).
-    pub queries: QueryEncoder,
+    /// Text embeddings (prompts, search queries) through the store's cache.
+    pub texts: TextEmbeddings,
     /// The feature store (also inside `embedding`).
     pub store: Arc<dyn FeatureStore>,
     /// Where photos come from, as clients may be told (no local path, no endpoint).
@@ -243,17 +244,9 @@ pub async fn build(
         model.clone(),
         ClipTokenizer::from_model_dir(&args.model)?,
     ));
-    let analyzer = Analyzer::prepare(
-        config,
-        quality,
-        taxonomy,
-        score_head,
-        &text,
-        store.as_ref(),
-        &model_id,
-    )
-    .await?;
-    let queries = QueryEncoder::new(text, store.clone(), model_id.clone());
+    let texts = TextEmbeddings::new(text, store.clone(), model_id.clone());
+    let prompts = texts.prompts(&Analyzer::prompts_needed(&taxonomy)).await?;
+    let analyzer = Analyzer::new(config, quality, taxonomy, score_head, prompts)?;
 
     let precision = compute.describe_precision();
     tracing::info!(
@@ -287,7 +280,7 @@ pub async fn build(
     Ok(Pipeline {
         embedding,
         analyzer,
-        queries,
+        texts,
         store,
         source_public,
         precision,

@@ -9,5 +9,6 @@ pub mod model_id;
 pub mod preprocess;
 pub mod source;
 pub mod store;
+pub mod text_cache;
 pub mod tokenize;
 pub mod untrusted;

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Device;
-use ongi_core::analysis::QueryEncoder;
 use ongi_core::encoder::ClipTextEncoder;
 use ongi_core::store::open_store;
+use ongi_core::text_cache::TextEmbeddings;
 use ongi_core::tokenize::ClipTokenizer;
 use ongi_model::{ClipModel, Precision};
 
@@ -23,10 +23,10 @@ async fn a_query_embedding_is_computed_once_then_read_from_the_store() {
     let store = open_store(tmp.path().join("f.redb").to_str().unwrap(), None)
         .await
         .unwrap();
-    let queries = QueryEncoder::new(text.clone(), store.clone(), "tiny".into());
+    let queries = TextEmbeddings::new(text.clone(), store.clone(), "tiny".into());
 
     // First time: the text tower's output, normalised, and now in the store.
-    let v = queries.embed("a dog on the beach").await.unwrap();
+    let v = queries.query("a dog on the beach").await.unwrap();
     let raw = text.encode(&["a dog on the beach"], 1).unwrap().remove(0);
     let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!(norm > 0.0);
@@ -51,9 +51,9 @@ async fn a_query_embedding_is_computed_once_then_read_from_the_store() {
         .put_blob("tiny", "query:v1:a dog on the beach", &bytes)
         .await
         .unwrap();
-    assert_eq!(queries.embed("a dog on the beach").await.unwrap(), planted);
+    assert_eq!(queries.query("a dog on the beach").await.unwrap(), planted);
 
     // Another model's namespace does not see it.
-    let other = QueryEncoder::new(text, store.clone(), "other".into());
-    assert_ne!(other.embed("a dog on the beach").await.unwrap(), planted);
+    let other = TextEmbeddings::new(text, store.clone(), "other".into());
+    assert_ne!(other.query("a dog on the beach").await.unwrap(), planted);
 }

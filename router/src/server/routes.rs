@@ -327,7 +327,7 @@ pub async fn search(
     };
     let started = Instant::now();
     let records = cached_records(&app, &keys).await?;
-    let embedding = app.pipeline.queries.embed(query).await.map_err(|e| {
+    let embedding = app.pipeline.texts.query(query).await.map_err(|e| {
         tracing::error!(error = %e, "search query embedding failed");
         ApiError::Internal
     })?;

@@ -9,13 +9,10 @@ pub mod taxonomy;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::ClipTextEncoder;
 use crate::features::{hamming, FeatureRecord};
-use crate::store::{FeatureStore, StoreError};
 use categories::CategoriesConfig;
 use quality::QualityConfig;
 use score::ScoreHead;
@@ -75,18 +72,9 @@ pub enum AnalysisError {
     /// The taxonomy rejected the request (unknown concept) or failed to load.
     #[error(transparent)]
     Taxonomy(#[from] TaxonomyError),
-    /// The text tower failed on the prompts.
-    #[error("prompt embeddings: {0}")]
-    Prompts(String),
-    /// The text tower failed on a search query.
-    #[error("query embedding: {0}")]
-    Query(String),
     /// The score head does not fit the model.
     #[error("score head: {0}")]
     ScoreHead(String),
-    /// The feature store failed.
-    #[error("feature store: {0}")]
-    Store(#[from] StoreError),
 }
 
 /// A tag scored against photos: its name and the mean of its normalised prompt embeddings.
@@ -105,17 +93,6 @@ pub struct Analyzer {
     /// Normalised text embedding of every prompt used.
     prompts: HashMap<String, Vec<f32>>,
     score_head: Option<ScoreHead>,
-}
-
-/// Name under which a prompt's embedding is cached in the store (per model).
-fn prompt_blob(prompt: &str) -> String {
-    format!("prompt:v1:{prompt}")
-}
-
-/// Name under which a search query's embedding is cached (per model); apart
-/// from the prompts so a query can never stand in for one.
-fn query_blob(query: &str) -> String {
-    format!("query:v1:{query}")
 }
 
 /// Longest search query accepted, in bytes: CLIP reads 77 tokens at most,
@@ -139,19 +116,6 @@ pub fn search_query(text: &str) -> Result<&str, String> {
 }
 
 /// A cached embedding's bytes as floats (`None` if they cannot be one).
-fn vector_from_blob(bytes: &[u8]) -> Option<Vec<f32>> {
-    (!bytes.is_empty() && bytes.len().is_multiple_of(4)).then(|| {
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    })
-}
-
-fn vector_to_blob(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 /// L2-normalised copy of `v` (zero stays zero).
 pub fn normalized(v: &[f32]) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -201,62 +165,10 @@ pub fn duplicate_groups(
     dbscan::clusters(&labels)
 }
 
-/// Embeds search queries with the text tower, once per model and query: the
-/// normalised embedding is cached in the store like the prompts'.
-pub struct QueryEncoder {
-    text: Arc<ClipTextEncoder>,
-    store: Arc<dyn FeatureStore>,
-    model_id: String,
-}
-
-impl QueryEncoder {
-    /// A query encoder over `text`, caching in `store` under `model_id`.
-    pub fn new(text: Arc<ClipTextEncoder>, store: Arc<dyn FeatureStore>, model_id: String) -> Self {
-        Self {
-            text,
-            store,
-            model_id,
-        }
-    }
-
-    /// The normalised text embedding of `query` (from the cache, else from the
-    /// text tower on a blocking thread, then cached).
-    pub async fn embed(&self, query: &str) -> Result<Vec<f32>, AnalysisError> {
-        let blob = query_blob(query);
-        let cached = self.store.get_blob(&self.model_id, &blob).await?;
-        if let Some(v) = cached.as_deref().and_then(vector_from_blob) {
-            return Ok(v);
-        }
-        let text = self.text.clone();
-        let owned = query.to_string();
-        let rows = tokio::task::spawn_blocking(move || text.encode(&[owned.as_str()], 1))
-            .await
-            .map_err(|e| AnalysisError::Query(e.to_string()))?
-            .map_err(AnalysisError::Query)?;
-        let v = rows
-            .first()
-            .map(|row| normalized(row))
-            .ok_or_else(|| AnalysisError::Query("the text tower returned no row".into()))?;
-        self.store
-            .put_blob(&self.model_id, &blob, &vector_to_blob(&v))
-            .await?;
-        Ok(v)
-    }
-}
-
 impl Analyzer {
-    /// Prepares the analyzer: prompt embeddings come from the store when
-    /// cached for this model, else from the text tower (then cached), so they
-    /// are computed once per model, never per request.
-    pub async fn prepare(
-        config: AnalysisConfig,
-        quality: QualityConfig,
-        taxonomy: Taxonomy,
-        score_head: Option<ScoreHead>,
-        text: &ClipTextEncoder,
-        store: &dyn FeatureStore,
-        model_id: &str,
-    ) -> Result<Self, AnalysisError> {
+    /// Every prompt the analyzer scores with: the quality and aesthetic
+    /// pairs and the taxonomy's tag prompts, sorted, each once.
+    pub fn prompts_needed(taxonomy: &Taxonomy) -> Vec<String> {
         let mut wanted: Vec<String> = quality::IQA_PROMPTS
             .iter()
             .chain(score::AESTHETIC_PROMPTS.iter())
@@ -265,29 +177,18 @@ impl Analyzer {
         wanted.extend(taxonomy.all_prompts().into_iter().map(str::to_string));
         wanted.sort();
         wanted.dedup();
+        wanted
+    }
 
-        let mut prompts = HashMap::new();
-        let mut missing = Vec::new();
-        for prompt in &wanted {
-            let cached = store.get_blob(model_id, &prompt_blob(prompt)).await?;
-            match cached.as_deref().and_then(vector_from_blob) {
-                Some(v) => {
-                    prompts.insert(prompt.clone(), v);
-                }
-                None => missing.push(prompt.as_str()),
-            }
-        }
-        if !missing.is_empty() {
-            tracing::info!(prompts = missing.len(), "computing prompt embeddings");
-            let rows = text.encode(&missing, 64).map_err(AnalysisError::Prompts)?;
-            for (prompt, row) in missing.iter().zip(rows) {
-                let v = normalized(&row);
-                store
-                    .put_blob(model_id, &prompt_blob(prompt), &vector_to_blob(&v))
-                    .await?;
-                prompts.insert(prompt.to_string(), v);
-            }
-        }
+    /// The analyzer over `prompts`: the normalised text embedding of every
+    /// prompt of [`Analyzer::prompts_needed`].
+    pub fn new(
+        config: AnalysisConfig,
+        quality: QualityConfig,
+        taxonomy: Taxonomy,
+        score_head: Option<ScoreHead>,
+        prompts: HashMap<String, Vec<f32>>,
+    ) -> Result<Self, AnalysisError> {
         if let (Some(head), Some(any)) = (&score_head, prompts.values().next()) {
             if head.input_dim() != any.len() {
                 return Err(AnalysisError::ScoreHead(format!(
@@ -312,7 +213,7 @@ impl Analyzer {
     }
 
     fn prompt(&self, text: &str) -> &[f32] {
-        // Every prompt used below was embedded in `prepare`.
+        // Every prompt used below is among those `new` was given.
         self.prompts.get(text).map_or(&[], Vec::as_slice)
     }
 
