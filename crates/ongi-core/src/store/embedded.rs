@@ -7,7 +7,7 @@
 //! - `blobs_v1`: blob name → opaque bytes.
 //!
 //! Each value is an 8-byte little-endian expiry (Unix milliseconds, 0 =
-//! never) followed by the payload ([`FeatureRecord::encode`] for records).
+//! never) followed by the payload ([`FeatureRecord::encode`](crate::features::FeatureRecord::encode) for records).
 //! Expiry is lazy: an expired entry reads as absent but stays in the file
 //! until it is overwritten or [`RedbStore::purge_expired`] runs.
 //!
@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use super::{decode_or_miss, expiry_millis, now_millis, FeatureStore, StoreError};
-use crate::features::FeatureRecord;
+use super::{expiry_millis, now_millis, FeatureStore, StoreError};
 
 /// `(model, image key)` → expiry + encoded record.
 const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("features_v1");
@@ -245,35 +244,20 @@ fn redb_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
 
 #[async_trait::async_trait]
 impl FeatureStore for RedbStore {
-    async fn get_many(
+    async fn get_encoded(
         &self,
         model: &str,
         keys: &[String],
-    ) -> Result<Vec<Option<FeatureRecord>>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let raw = self.get_raw(RECORDS, model, keys.to_vec()).await?;
-        Ok(raw
-            .iter()
-            .zip(keys)
-            .map(|(v, key)| v.as_deref().and_then(|b| decode_or_miss(model, key, b)))
-            .collect())
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.get_raw(RECORDS, model, keys.to_vec()).await
     }
 
-    async fn put_many(
+    async fn put_encoded(
         &self,
         model: &str,
-        records: &[(String, FeatureRecord)],
+        records: &[(String, Vec<u8>)],
     ) -> Result<(), StoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let entries = records
-            .iter()
-            .map(|(k, r)| (k.clone(), r.encode()))
-            .collect();
-        self.put_raw(RECORDS, model, entries).await
+        self.put_raw(RECORDS, model, records.to_vec()).await
     }
 
     async fn get_blob(&self, model: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

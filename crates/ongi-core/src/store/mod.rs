@@ -94,6 +94,22 @@ pub enum StoreError {
 /// every request.
 #[async_trait::async_trait]
 pub trait FeatureStore: Send + Sync {
+    /// The encoded records of `keys` under `model` (None where absent or
+    /// expired), in order. Backends store bytes; the record codec is
+    /// applied once, above them, by [`FeatureStore::get_many`].
+    async fn get_encoded(
+        &self,
+        model: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+
+    /// Stores encoded records under `model`, replacing any existing ones.
+    async fn put_encoded(
+        &self,
+        model: &str,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<(), StoreError>;
+
     /// Records for `keys` under `model` (None where absent or expired), in order.
     ///
     /// A stored value that no longer decodes (e.g. written by an incompatible
@@ -103,14 +119,33 @@ pub trait FeatureStore: Send + Sync {
         &self,
         model: &str,
         keys: &[String],
-    ) -> Result<Vec<Option<FeatureRecord>>, StoreError>;
+    ) -> Result<Vec<Option<FeatureRecord>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw = self.get_encoded(model, keys).await?;
+        Ok(raw
+            .iter()
+            .zip(keys)
+            .map(|(v, key)| v.as_deref().and_then(|b| decode_or_miss(model, key, b)))
+            .collect())
+    }
 
     /// Stores records under `model`, replacing any existing ones.
     async fn put_many(
         &self,
         model: &str,
         records: &[(String, FeatureRecord)],
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let encoded: Vec<(String, Vec<u8>)> = records
+            .iter()
+            .map(|(k, r)| (k.clone(), r.encode()))
+            .collect();
+        self.put_encoded(model, &encoded).await
+    }
 
     /// Opaque blobs (e.g. cached prompt embeddings) under a namespace.
     async fn get_blob(&self, model: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError>;

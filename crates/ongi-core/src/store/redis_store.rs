@@ -2,7 +2,7 @@
 //!
 //! Key layout (values are raw bytes, no JSON):
 //!
-//! - `ongi:v1:{model}:{key}` → [`FeatureRecord::encode`] of image `key`;
+//! - `ongi:v1:{model}:{key}` → [`FeatureRecord::encode`](crate::features::FeatureRecord::encode) of image `key`;
 //! - `ongi:blob:v1:{model}:{name}` → opaque blob bytes.
 //!
 //! `{model}` is the model identity with `%` written as `%25` and `:` as
@@ -25,8 +25,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, RedisError};
 
-use super::{decode_or_miss, FeatureStore, StoreError};
-use crate::features::FeatureRecord;
+use super::{FeatureStore, StoreError};
 
 /// Each TCP connection attempt gives up after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -149,45 +148,36 @@ fn redact(url: &str) -> String {
 
 #[async_trait::async_trait]
 impl FeatureStore for RedisStore {
-    async fn get_many(
+    async fn get_encoded(
         &self,
         model: &str,
         keys: &[String],
-    ) -> Result<Vec<Option<FeatureRecord>>, StoreError> {
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         // MGET with no keys is a Redis error, and there is nothing to fetch.
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let rkeys: Vec<String> = keys.iter().map(|k| record_key(model, k)).collect();
         let mut conn = self.conn.clone();
-        let values: Vec<Option<Vec<u8>>> = with_deadline(
+        with_deadline(
             &self.target,
             "MGET",
             redis::cmd("MGET").arg(&rkeys).query_async(&mut conn),
         )
-        .await?;
-        Ok(values
-            .iter()
-            .zip(keys)
-            .map(|(v, key)| v.as_deref().and_then(|b| decode_or_miss(model, key, b)))
-            .collect())
+        .await
     }
 
-    async fn put_many(
+    async fn put_encoded(
         &self,
         model: &str,
-        records: &[(String, FeatureRecord)],
+        records: &[(String, Vec<u8>)],
     ) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<(String, Vec<u8>)> = records
+        let entries: Vec<(String, &[u8])> = records
             .iter()
-            .map(|(k, r)| (record_key(model, k), r.encode()))
-            .collect();
-        let entries: Vec<(String, &[u8])> = encoded
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_slice()))
+            .map(|(k, v)| (record_key(model, k), v.as_slice()))
             .collect();
         self.set_all(&entries).await
     }
