@@ -377,7 +377,7 @@ fn synthetic_pixels(batch: usize, size: usize, cfg: &PreprocessConfig) -> Result
 /// `--preprocess`: decode + preprocess of in-memory files, one thread.
 fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     let cfg = PreprocessConfig::from_model_dir(&args.model)?;
-    let decode = args.decode.mode();
+    let decode = args.decode.mode;
     let mut files = Vec::new();
     for input in inputs::expand(&args.preprocess) {
         match input {

@@ -170,7 +170,7 @@ fn embed_images(
     let (tx, rx) = mpsc::sync_channel::<DecodedBatch>(1);
     let batch_size = args.batch_size;
     let encoder = ClipImageEncoder::new(model.clone());
-    let mode = args.decode.mode();
+    let mode = args.decode.mode;
     let mut failures = 0;
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(|| {

@@ -85,27 +85,8 @@ pub struct DecodeArgs {
     /// JPEG decoding: `fast` decodes large photos at 1/2–1/8 scale in libjpeg's
     /// DCT domain (several times faster; tensors within 0.02 mean absolute
     /// difference of exact); `exact` decodes at full size, bit-identical to PIL.
-    #[arg(long = "decode", env = "ONGI_DECODE", value_enum, default_value_t = DecodeArg::Fast)]
-    pub mode: DecodeArg,
-}
-
-/// Command-line spelling of [`DecodeMode`].
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecodeArg {
-    /// Full size, bit-identical to PIL.
-    Exact,
-    /// DCT-domain reduced decoding of large JPEGs.
-    Fast,
-}
-
-impl DecodeArgs {
-    /// The core library's mode.
-    pub fn mode(self) -> DecodeMode {
-        match self.mode {
-            DecodeArg::Exact => DecodeMode::Exact,
-            DecodeArg::Fast => DecodeMode::Fast,
-        }
-    }
+    #[arg(long = "decode", env = "ONGI_DECODE", value_enum, default_value_t = DecodeMode::Fast)]
+    pub mode: DecodeMode,
 }
 
 /// The embedded store's default file: in the user's cache directory, not
@@ -186,7 +167,7 @@ pub async fn build(
             preprocess.crop_height
         );
     }
-    let decode_mode = args.decode.mode();
+    let decode_mode = args.decode.mode;
     // Fast and exact embeddings differ by more than the parity bar, so a derived
     // identity keeps them apart; an explicit --model-id is the operator's namespace
     // and is used as given.

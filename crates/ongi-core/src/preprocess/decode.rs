@@ -26,8 +26,10 @@ const MAX_BYTES_PER_PIXEL: u64 = 8;
 
 /// How JPEG photos are decoded before preprocessing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum DecodeMode {
     /// Full size, bit for bit what PIL decodes (the parity-tested pipeline).
+    #[cfg_attr(feature = "clap", value(help = "Full size, bit-identical to PIL"))]
     Exact,
     /// JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale
     /// in the DCT domain (libjpeg's `scale_num / scale_denom`), keeping a shorter
@@ -37,6 +39,10 @@ pub enum DecodeMode {
     /// the mode: they come from a full-size greyscale decode. Other formats decode
     /// as in `Exact`.
     #[default]
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "DCT-domain reduced decoding of large JPEGs")
+    )]
     Fast,
 }
 
