@@ -208,6 +208,18 @@ pub struct TaskHealth {
     pub lag: Option<i64>,
 }
 
+impl TaskHealth {
+    /// A worker not started yet: nothing known.
+    fn starting(task: &'static str) -> Self {
+        Self {
+            task,
+            state: WorkerState::Starting,
+            brokers_up: None,
+            lag: None,
+        }
+    }
+}
+
 /// What the Kafka door tells `/health/info`: each worker's state, and the
 /// brokers and lag its consumer's statistics last reported.
 #[derive(Debug, Default)]
@@ -222,12 +234,10 @@ impl KafkaHealth {
         TASKS
             .iter()
             .map(|(task, _)| {
-                known.get(task).cloned().unwrap_or(TaskHealth {
-                    task,
-                    state: WorkerState::Starting,
-                    brokers_up: None,
-                    lag: None,
-                })
+                known
+                    .get(task)
+                    .cloned()
+                    .unwrap_or_else(|| TaskHealth::starting(task))
             })
             .collect()
     }
@@ -247,13 +257,11 @@ impl KafkaHealth {
 
     fn update(&self, task: &'static str, change: impl FnOnce(&mut TaskHealth)) {
         if let Ok(mut tasks) = self.tasks.lock() {
-            let entry = tasks.entry(task).or_insert(TaskHealth {
-                task,
-                state: WorkerState::Starting,
-                brokers_up: None,
-                lag: None,
-            });
-            change(entry);
+            change(
+                tasks
+                    .entry(task)
+                    .or_insert_with(|| TaskHealth::starting(task)),
+            );
         }
     }
 }
@@ -276,14 +284,13 @@ impl ClientContext for Observer {
             }
         }
         // Assigned partitions report their lag; -1 means not yet known.
-        let lags: Vec<i64> = statistics
+        let lag = statistics
             .topics
             .values()
             .flat_map(|t| t.partitions.values())
             .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
             .map(|p| p.consumer_lag)
-            .collect();
-        let lag = (!lags.is_empty()).then(|| lags.iter().sum::<i64>());
+            .reduce(|a, b| a + b);
         if let Some(lag) = lag {
             metrics::gauge!("ongi_kafka_lag", "task" => self.task).set(lag as f64);
         }

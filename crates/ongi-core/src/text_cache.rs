@@ -68,11 +68,7 @@ impl TextEmbeddings {
         let mut prompts = HashMap::new();
         let mut missing = Vec::new();
         for prompt in wanted {
-            let cached = self
-                .store
-                .get_blob(&self.model_id, &prompt_blob(prompt))
-                .await?;
-            match cached.as_deref().and_then(vector_from_blob) {
+            match self.cached(&prompt_blob(prompt)).await? {
                 Some(v) => {
                     prompts.insert(prompt.clone(), v);
                 }
@@ -83,10 +79,7 @@ impl TextEmbeddings {
             tracing::info!(prompts = missing.len(), "computing prompt embeddings");
             let rows = self.text.encode(&missing, 64).map_err(TextError::Encode)?;
             for (prompt, row) in missing.iter().zip(rows) {
-                let v = normalized(&row);
-                self.store
-                    .put_blob(&self.model_id, &prompt_blob(prompt), &vector_to_blob(&v))
-                    .await?;
+                let v = self.cache(&prompt_blob(prompt), &row).await?;
                 prompts.insert(prompt.to_string(), v);
             }
         }
@@ -97,8 +90,7 @@ impl TextEmbeddings {
     /// the text tower on a blocking thread, then cached).
     pub async fn query(&self, query: &str) -> Result<Vec<f32>, TextError> {
         let blob = query_blob(query);
-        let cached = self.store.get_blob(&self.model_id, &blob).await?;
-        if let Some(v) = cached.as_deref().and_then(vector_from_blob) {
+        if let Some(v) = self.cached(&blob).await? {
             return Ok(v);
         }
         let text = self.text.clone();
@@ -107,12 +99,23 @@ impl TextEmbeddings {
             .await
             .map_err(|e| TextError::Encode(e.to_string()))?
             .map_err(TextError::Encode)?;
-        let v = rows
+        let row = rows
             .first()
-            .map(|row| normalized(row))
             .ok_or_else(|| TextError::Encode("the text tower returned no row".into()))?;
+        self.cache(&blob, row).await
+    }
+
+    /// The vector cached under `blob`, if a valid one is.
+    async fn cached(&self, blob: &str) -> Result<Option<Vec<f32>>, TextError> {
+        let bytes = self.store.get_blob(&self.model_id, blob).await?;
+        Ok(bytes.as_deref().and_then(vector_from_blob))
+    }
+
+    /// Normalises a text-tower row and caches it under `blob`.
+    async fn cache(&self, blob: &str, row: &[f32]) -> Result<Vec<f32>, TextError> {
+        let v = normalized(row);
         self.store
-            .put_blob(&self.model_id, &blob, &vector_to_blob(&v))
+            .put_blob(&self.model_id, blob, &vector_to_blob(&v))
             .await?;
         Ok(v)
     }

@@ -115,7 +115,6 @@ pub fn search_query(text: &str) -> Result<&str, String> {
     Ok(query)
 }
 
-/// A cached embedding's bytes as floats (`None` if they cannot be one).
 /// L2-normalised copy of `v` (zero stays zero).
 pub fn normalized(v: &[f32]) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
