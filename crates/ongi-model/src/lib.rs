@@ -6,6 +6,7 @@ pub mod clip;
 pub mod config;
 mod cpu;
 pub mod error;
+pub mod face;
 mod kernels;
 mod packed;
 mod precision;

@@ -1,0 +1,38 @@
+//! The face models of `@vladmandic/face-api` and their sample photos (shared
+//! by ongi-core's and the router's tests through `#[path]`).
+//!
+//! `ONGI_FACE_MODELS`, else the cache directory `scripts/test-deps` fills
+//! with `scripts/fetch-face-models.sh`.
+
+use std::path::PathBuf;
+
+/// Where `scripts/test-deps` puts the models.
+pub fn default_dir() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"),
+        PathBuf::from,
+    );
+    cache.join("ongi/face-models/face-api-1.7.15")
+}
+
+/// The model directory; `None` (the caller skips, loudly) when it is absent,
+/// a panic when it is absent under CI.
+pub fn model_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("ONGI_FACE_MODELS").map_or_else(default_dir, PathBuf::from);
+    if dir
+        .join("ssd_mobilenetv1_model-weights_manifest.json")
+        .is_file()
+    {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} holds no face models: run scripts/fetch-face-models.sh {0} or set ONGI_FACE_MODELS",
+        dir.display()
+    );
+    println!(
+        "face models: skipped ({} holds none; run scripts/fetch-face-models.sh {0} or set ONGI_FACE_MODELS)",
+        dir.display()
+    );
+    None
+}
