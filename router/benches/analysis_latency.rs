@@ -52,6 +52,7 @@ fn album(dim: usize) -> Vec<(String, FeatureRecord)> {
             laplacian_var: 20.0 + 400.0 * (rng.unit() + 1.0),
             width: 4032,
             height: 3024,
+            faces: None,
         };
         out.push((format!("album/photo_{i:04}.jpg"), record));
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::batcher::{Batcher, Slot};
+use crate::faces::FaceFinder;
 use crate::features::{self, FeatureRecord};
 use crate::preprocess::{self, PreprocessConfig};
 use crate::source::ImageSource;
@@ -39,6 +40,9 @@ pub enum ImageError {
     /// The model failed on it, or the inference worker stopped.
     #[error(transparent)]
     Inference(#[from] crate::batcher::BatchError),
+    /// The face models failed on it.
+    #[error("face models: {0}")]
+    Faces(#[from] ongi_model::ModelError),
     /// Still in flight when the request's deadline passed.
     #[error("deadline exceeded: not embedded within the request timeout of {seconds:.3} s")]
     Deadline {
@@ -122,6 +126,8 @@ pub struct RequestTimings {
     pub decode: StageStats,
     /// CLIP preprocessing plus pHash and Laplacian variance.
     pub preprocess: StageStats,
+    /// Finding and describing faces (zero without face models).
+    pub faces: StageStats,
     /// Waiting in the inference queue.
     pub queue_wait: StageStats,
     /// The model time of the batch each image ran in.
@@ -138,6 +144,7 @@ struct ImageTimings {
     load: Duration,
     decode: Duration,
     preprocess: Duration,
+    faces: Duration,
     queue_wait: Duration,
     embed: Duration,
 }
@@ -155,6 +162,7 @@ pub struct EmbeddingService {
     decode_mode: preprocess::DecodeMode,
     request_timeout: Option<Duration>,
     thumbnails: Option<u32>,
+    faces: Option<Arc<FaceFinder>>,
 }
 
 /// Name of a photo's thumbnail blob in the store.
@@ -179,6 +187,9 @@ pub struct PipelineConfig {
     /// many pixels on its longer side, made from the pixels decoded for the
     /// model (see [`EmbeddingService::thumbnails`]).
     pub thumbnails: Option<u32>,
+    /// Also find the faces of each photo (in the same pass, on the same
+    /// pixels). Records made without faces then count as missing.
+    pub faces: Option<Arc<FaceFinder>>,
 }
 
 impl Default for PipelineConfig {
@@ -189,6 +200,7 @@ impl Default for PipelineConfig {
             decode_mode: preprocess::DecodeMode::default(),
             request_timeout: None,
             thumbnails: None,
+            faces: None,
         }
     }
 }
@@ -216,6 +228,7 @@ impl EmbeddingService {
             decode_mode: config.decode_mode,
             request_timeout: config.request_timeout,
             thumbnails: config.thumbnails,
+            faces: config.faces.clone(),
         }
     }
 
@@ -227,6 +240,16 @@ impl EmbeddingService {
     /// The inference batcher.
     pub fn batcher(&self) -> &Batcher {
         &self.batcher
+    }
+
+    /// Whether photos are embedded with their faces.
+    pub fn finds_faces(&self) -> bool {
+        self.faces.is_some()
+    }
+
+    /// Whether `record` has everything this pipeline computes.
+    pub fn is_complete(&self, record: &FeatureRecord) -> bool {
+        self.faces.is_none() || record.faces.is_some()
     }
 
     /// Feature records of `keys` in order (`None` where missing).
@@ -245,7 +268,14 @@ impl EmbeddingService {
             .collect();
 
         let store_started = Instant::now();
-        let existing = self.store.get_many(&self.model_id, &unique).await?;
+        // A record made before faces were enabled is computed again.
+        let existing: Vec<Option<FeatureRecord>> = self
+            .store
+            .get_many(&self.model_id, &unique)
+            .await?
+            .into_iter()
+            .map(|r| r.filter(|r| self.is_complete(r)))
+            .collect();
         let mut store_time = store_started.elapsed();
         let missing: Vec<String> = unique
             .iter()
@@ -316,6 +346,7 @@ impl EmbeddingService {
             load: StageStats::of(per_image.iter().map(|t| t.load)),
             decode: StageStats::of(per_image.iter().map(|t| t.decode)),
             preprocess: StageStats::of(per_image.iter().map(|t| t.preprocess)),
+            faces: StageStats::of(per_image.iter().map(|t| t.faces)),
             queue_wait: StageStats::of(per_image.iter().map(|t| t.queue_wait)),
             embed: StageStats::of(per_image.iter().map(|t| t.embed)),
             store: store_time,
@@ -361,7 +392,20 @@ impl EmbeddingService {
 
         let cfg = self.preprocess.clone();
         let max_pixels = self.max_pixels;
-        let min_edge = self.decode_mode.min_decode_size(&cfg);
+        let faces = self.faces.clone();
+        // One decode serves CLIP and the faces: it keeps what both need.
+        let min_edge = self
+            .decode_mode
+            .min_decode_size(&cfg)
+            .map(|m| match &faces {
+                Some(_) => preprocess::MinDecodeSize {
+                    longest_edge: m
+                        .longest_edge
+                        .max(FaceFinder::min_decode_size().longest_edge),
+                    ..m
+                },
+                None => m,
+            });
         let thumbnail_side = self.thumbnails;
         let decoded = self.on_decode_pool(move || {
             let t = Instant::now();
@@ -381,10 +425,22 @@ impl EmbeddingService {
                 let thumbnail = thumbnail_side
                     .map(|side| preprocess::thumbnail_jpeg(&d, side))
                     .transpose()?;
-                Ok((pixels, pixel_features, thumbnail, decode, t.elapsed()))
+                let preprocess = t.elapsed();
+                let t = Instant::now();
+                let faces = faces.map(|f| f.faces(&d));
+                Ok((
+                    pixels,
+                    pixel_features,
+                    thumbnail,
+                    faces,
+                    decode,
+                    preprocess,
+                    t.elapsed(),
+                ))
             })
         });
-        let (pixels, px, thumbnail, decode, preprocess) = decoded.await?;
+        let (pixels, px, thumbnail, faces, decode, preprocess, faces_time) = decoded.await?;
+        let faces = faces.transpose()?;
 
         let embedded = slot.embed(pixels).await?;
         let record = FeatureRecord {
@@ -393,11 +449,13 @@ impl EmbeddingService {
             laplacian_var: px.laplacian_var,
             width: px.width,
             height: px.height,
+            faces,
         };
         let timings = ImageTimings {
             load,
             decode,
             preprocess,
+            faces: faces_time,
             queue_wait: embedded.queue_wait,
             embed: embedded.embed_time,
         };
@@ -474,6 +532,7 @@ fn record_metrics(per_image: &[ImageTimings], t: &RequestTimings, embedded: usiz
             ("load", i.load),
             ("decode", i.decode),
             ("preprocess", i.preprocess),
+            ("faces", i.faces),
             ("queue_wait", i.queue_wait),
             ("embed", i.embed),
         ] {
@@ -514,6 +573,9 @@ pub fn log_timings(images: usize, report: &EmbedReport) {
         preprocess_min_ms = ms(t.preprocess.min),
         preprocess_avg_ms = ms(t.preprocess.avg),
         preprocess_max_ms = ms(t.preprocess.max),
+        faces_total_ms = ms(t.faces.total),
+        faces_avg_ms = ms(t.faces.avg),
+        faces_max_ms = ms(t.faces.max),
         queue_wait_total_ms = ms(t.queue_wait.total),
         queue_wait_min_ms = ms(t.queue_wait.min),
         queue_wait_avg_ms = ms(t.queue_wait.avg),

@@ -22,6 +22,20 @@ pub use phash::phash;
 use image::GrayImage;
 use thiserror::Error;
 
+/// One face found in a photo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceRecord {
+    /// Detector score.
+    pub score: f32,
+    /// `[x1, y1, x2, y2]` in whole pixels of the upright, full-size photo.
+    pub bbox: [i32; 4],
+    /// Landmarks (68 points: jaw, brows, nose, eyes, mouth) in pixels of
+    /// the upright, full-size photo.
+    pub landmarks: Vec<[f32; 2]>,
+    /// The face descriptor (not normalised).
+    pub embedding: Vec<f32>,
+}
+
 /// Everything the album tasks need from one photo, computed once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureRecord {
@@ -35,6 +49,9 @@ pub struct FeatureRecord {
     pub width: u32,
     /// Decoded height in pixels (after EXIF orientation).
     pub height: u32,
+    /// The faces in the photo, best first; `None` when the photo was
+    /// embedded without a face model (not the same as no faces).
+    pub faces: Option<Vec<FaceRecord>>,
 }
 
 /// Pixel-derived features (all but the embedding).
@@ -72,6 +89,9 @@ pub enum FeatureError {
         /// Bytes present.
         got: usize,
     },
+    /// The faces section is cut short or has bytes left over.
+    #[error("feature record's faces section is malformed")]
+    BadFaces,
     /// The record's length disagrees with the embedding length in its header.
     #[error("feature record length mismatch: header implies {expected} bytes, got {got}")]
     LengthMismatch {
@@ -84,9 +104,13 @@ pub enum FeatureError {
 
 impl FeatureRecord {
     /// Current binary format version, the first byte of every encoded record.
-    /// Version 2: the pHash is OpenCV's `img_hash` (version 1 held imagehash's),
-    /// so older records read as missing and are computed again.
-    pub const FORMAT_VERSION: u8 = 2;
+    /// Version 3 adds the faces section; version 2 records (no faces
+    /// section) still read, with `faces: None`. Version 1 held imagehash's
+    /// pHash instead of OpenCV's, so it reads as missing and is computed again.
+    pub const FORMAT_VERSION: u8 = 3;
+
+    /// The oldest version this build reads.
+    const OLDEST_READABLE: u8 = 2;
 
     /// Header size: version, width, height, phash, laplacian variance, embedding length.
     const HEADER_LEN: usize = 1 + 4 + 4 + 8 + 4 + 4;
@@ -101,11 +125,15 @@ impl FeatureRecord {
         }
     }
 
-    /// Encodes the record compactly (2 KiB for a 512-d embedding).
+    /// Encodes the record compactly (2 KiB for a 512-d embedding, plus
+    /// about 1 KiB per face).
     ///
-    /// Layout, all little-endian: `u8` format version (2), `u32` width,
+    /// Layout, all little-endian: `u8` format version (3), `u32` width,
     /// `u32` height, `u64` pHash, `f32` Laplacian variance, `u32` embedding
-    /// length `n`, then `n` raw `f32`s.
+    /// length `n`, then `n` raw `f32`s; then the faces section: `u8` 0 (not
+    /// computed) or 1, and when 1 a `u16` face count, each face as `f32`
+    /// score, 4 × `i32` box, `u8` landmark count `l`, `2l` `f32`s, `u16`
+    /// descriptor length `m`, `m` `f32`s.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::HEADER_LEN + 4 * self.embedding.len());
         out.push(Self::FORMAT_VERSION);
@@ -121,6 +149,33 @@ impl FeatureRecord {
         for v in &self.embedding {
             out.extend_from_slice(&v.to_le_bytes());
         }
+        match &self.faces {
+            None => out.push(0),
+            Some(faces) => {
+                out.push(1);
+                // Counts saturate like the embedding length: the detector keeps
+                // at most a few hundred faces of 68 landmarks and 128 values.
+                let faces = &faces[..faces.len().min(usize::from(u16::MAX))];
+                out.extend_from_slice(&(faces.len() as u16).to_le_bytes());
+                for face in faces {
+                    out.extend_from_slice(&face.score.to_le_bytes());
+                    for v in face.bbox {
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                    let landmarks = &face.landmarks[..face.landmarks.len().min(255)];
+                    out.push(landmarks.len() as u8);
+                    for v in landmarks.iter().flatten() {
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                    let embedding =
+                        &face.embedding[..face.embedding.len().min(usize::from(u16::MAX))];
+                    out.extend_from_slice(&(embedding.len() as u16).to_le_bytes());
+                    for v in embedding {
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+        }
         out
     }
 
@@ -128,7 +183,7 @@ impl FeatureRecord {
     /// version and every length.
     pub fn decode(bytes: &[u8]) -> Result<Self, FeatureError> {
         let (&version, _) = bytes.split_first().ok_or(FeatureError::Empty)?;
-        if version != Self::FORMAT_VERSION {
+        if !(Self::OLDEST_READABLE..=Self::FORMAT_VERSION).contains(&version) {
             return Err(FeatureError::UnsupportedVersion {
                 found: version,
                 supported: Self::FORMAT_VERSION,
@@ -150,24 +205,85 @@ impl FeatureRecord {
             .checked_mul(4)
             .and_then(|b| b.checked_add(Self::HEADER_LEN))
             .unwrap_or(usize::MAX);
-        if bytes.len() != expected {
+        // Version 2 ends with the embedding; version 3 has a faces section after it.
+        let length_ok = if version == 2 {
+            bytes.len() == expected
+        } else {
+            bytes.len() > expected
+        };
+        if !length_ok {
             return Err(FeatureError::LengthMismatch {
                 expected,
                 got: bytes.len(),
             });
         }
-        let embedding = bytes[Self::HEADER_LEN..]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let embedding = floats(&bytes[Self::HEADER_LEN..expected]);
+        let faces = if version == 2 {
+            None
+        } else {
+            decode_faces(&bytes[expected..]).ok_or(FeatureError::BadFaces)?
+        };
         Ok(Self {
             embedding,
             phash,
             laplacian_var,
             width,
             height,
+            faces,
         })
     }
+}
+
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The faces section: `None` when it is malformed.
+fn decode_faces(bytes: &[u8]) -> Option<Option<Vec<FaceRecord>>> {
+    let mut rest = bytes;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+        rest = tail;
+        Some(head)
+    };
+    let faces = match take(1)? {
+        [0] => None,
+        [1] => {
+            let count = u16::from_le_bytes(take(2)?.try_into().ok()?);
+            let mut faces = Vec::with_capacity(usize::from(count));
+            for _ in 0..count {
+                let score = f32::from_le_bytes(take(4)?.try_into().ok()?);
+                let corners = take(16)?;
+                let bbox = std::array::from_fn(|i| {
+                    i32::from_le_bytes([
+                        corners[4 * i],
+                        corners[4 * i + 1],
+                        corners[4 * i + 2],
+                        corners[4 * i + 3],
+                    ])
+                });
+                let points = usize::from(take(1)?[0]);
+                let landmarks = floats(take(points * 8)?)
+                    .chunks_exact(2)
+                    .map(|p| [p[0], p[1]])
+                    .collect();
+                let dim = usize::from(u16::from_le_bytes(take(2)?.try_into().ok()?));
+                let embedding = floats(take(dim * 4)?);
+                faces.push(FaceRecord {
+                    score,
+                    bbox,
+                    landmarks,
+                    embedding,
+                });
+            }
+            Some(faces)
+        }
+        _ => return None,
+    };
+    rest.is_empty().then_some(faces)
 }
 
 /// Sequential fixed-size reads from a buffer whose length was checked first.
@@ -249,34 +365,68 @@ mod tests {
         assert_eq!(hamming(0b1011, 0b0110), 3);
     }
 
-    #[test]
-    fn record_roundtrip() {
-        let rec = FeatureRecord {
+    fn face(score: f32) -> FaceRecord {
+        FaceRecord {
+            score,
+            bbox: [-3, 10, 250, 400],
+            landmarks: vec![[1.5, 2.5]; 68],
+            embedding: (0..128).map(|i| i as f32 / 128.0).collect(),
+        }
+    }
+
+    fn record() -> FeatureRecord {
+        FeatureRecord {
             embedding: vec![1.0, -2.5, f32::MIN_POSITIVE, 3.25e7],
             phash: 0xDEAD_BEEF_0123_4567,
             laplacian_var: 123.5,
             width: 4032,
             height: 3024,
-        };
+            faces: None,
+        }
+    }
+
+    #[test]
+    fn record_roundtrip() {
+        let rec = record();
         let bytes = rec.encode();
-        assert_eq!(bytes.len(), 25 + 16);
+        assert_eq!(bytes.len(), 25 + 16 + 1);
         assert_eq!(bytes[0], FeatureRecord::FORMAT_VERSION);
         assert_eq!(FeatureRecord::decode(&bytes), Ok(rec.clone()));
         let empty = FeatureRecord {
             embedding: vec![],
-            ..rec
+            ..rec.clone()
         };
         assert_eq!(FeatureRecord::decode(&empty.encode()), Ok(empty));
+        // Faces computed, none found, is not the same as not computed.
+        for faces in [vec![], vec![face(0.9), face(0.6)]] {
+            let with = FeatureRecord {
+                faces: Some(faces),
+                ..rec.clone()
+            };
+            assert_eq!(FeatureRecord::decode(&with.encode()), Ok(with));
+        }
+    }
+
+    #[test]
+    fn version_2_records_read_without_faces() {
+        // Version 2 is version 3 without the faces section.
+        let mut v2 = record().encode();
+        v2[0] = 2;
+        v2.pop();
+        assert_eq!(FeatureRecord::decode(&v2), Ok(record()));
+        v2.push(0);
+        assert!(matches!(
+            FeatureRecord::decode(&v2),
+            Err(FeatureError::LengthMismatch { .. })
+        ));
     }
 
     #[test]
     fn record_corruption_is_reported() {
         let rec = FeatureRecord {
             embedding: vec![0.5; 8],
-            phash: 1,
-            laplacian_var: 2.0,
-            width: 3,
-            height: 4,
+            faces: Some(vec![face(0.8)]),
+            ..record()
         };
         let bytes = rec.encode();
         assert_eq!(FeatureRecord::decode(&[]), Err(FeatureError::Empty));
@@ -294,7 +444,7 @@ mod tests {
             FeatureRecord::decode(&wrong),
             Err(FeatureError::UnsupportedVersion {
                 found: 9,
-                supported: 2
+                supported: 3
             })
         );
         assert_eq!(
@@ -304,19 +454,25 @@ mod tests {
                 got: 10
             })
         );
-        assert_eq!(
-            FeatureRecord::decode(&bytes[..bytes.len() - 1]),
-            Err(FeatureError::LengthMismatch {
-                expected: bytes.len(),
-                got: bytes.len() - 1
-            })
-        );
-        let mut longer = bytes.clone();
-        longer.push(0);
+        // Every cut inside the faces section, and a byte too many, is caught.
+        let embedding_end = 25 + 32;
         assert!(matches!(
-            FeatureRecord::decode(&longer),
+            FeatureRecord::decode(&bytes[..embedding_end]),
             Err(FeatureError::LengthMismatch { .. })
         ));
+        for end in embedding_end + 1..bytes.len() {
+            assert_eq!(
+                FeatureRecord::decode(&bytes[..end]),
+                Err(FeatureError::BadFaces),
+                "cut at {end}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(FeatureRecord::decode(&longer), Err(FeatureError::BadFaces));
+        let mut flag = bytes.clone();
+        flag[embedding_end] = 7;
+        assert_eq!(FeatureRecord::decode(&flag), Err(FeatureError::BadFaces));
         // A huge declared length must not overflow or allocate.
         let mut huge = bytes;
         huge[21..25].copy_from_slice(&u32::MAX.to_le_bytes());

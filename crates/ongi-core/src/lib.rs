@@ -4,6 +4,7 @@ pub mod analysis;
 pub mod batcher;
 pub mod embedding;
 pub mod encoder;
+pub mod faces;
 pub mod features;
 pub mod model_id;
 pub mod preprocess;

@@ -57,6 +57,7 @@ fn record(seed: u32, dim: usize) -> FeatureRecord {
         laplacian_var: 10.0 * seed as f32 + 0.25,
         width: 4000 + seed,
         height: 3000 + seed,
+        faces: None,
     }
 }
 

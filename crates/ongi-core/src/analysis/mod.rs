@@ -1,8 +1,9 @@
-//! Album analysis from cached feature records: duplicates, quality, categories
-//! and highlight scores. Nothing here touches pixels.
+//! Album analysis from cached feature records: duplicates, quality, categories,
+//! highlight scores and people. Nothing here touches pixels.
 
 pub mod categories;
 pub mod dbscan;
+pub mod people;
 pub mod quality;
 pub mod score;
 pub mod taxonomy;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::features::{hamming, FeatureRecord};
 use categories::CategoriesConfig;
+use people::PeopleConfig;
 use quality::QualityConfig;
 use score::ScoreHead;
 use taxonomy::{Taxonomy, TaxonomyError};
@@ -51,6 +53,8 @@ pub struct AnalysisConfig {
     pub quality: Option<QualityConfig>,
     /// The categories algorithm.
     pub categories: CategoriesConfig,
+    /// Face clustering into persons.
+    pub people: PeopleConfig,
 }
 
 impl AnalysisConfig {
@@ -300,6 +304,11 @@ impl Analyzer {
             .collect())
     }
 
+    /// The persons of an album (see [`people::people`]).
+    pub fn people(&self, records: &[(String, FeatureRecord)]) -> Vec<people::Person> {
+        people::people(records, &self.config.people)
+    }
+
     /// Highlight score of one photo: the trained head if configured, else zero-shot in [0, 10].
     pub fn score(&self, record: &FeatureRecord) -> f32 {
         let e = normalized(&record.embedding);
@@ -327,6 +336,7 @@ mod tests {
             laplacian_var: 0.0,
             width: 1,
             height: 1,
+            faces: None,
         }
     }
 
