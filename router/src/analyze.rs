@@ -11,7 +11,7 @@ use ongi_core::features::{hamming, FeatureRecord};
 use serde::Serialize;
 
 use crate::report::{AlbumReport, LowQuality, Thumb};
-use crate::server::api::{CategoryImages, CategoryScores, ImageScore};
+use crate::server::api::{CategoryImages, CategoryScores, ImageScore, PersonFaces};
 
 use crate::inputs::{self, Input};
 use crate::pipeline::{self, AnalysisArgs, PipelineArgs};
@@ -50,7 +50,7 @@ pub struct AnalyzeArgs {
 }
 
 /// Runs the command: prints `{"duplicates", "low_quality", "categories",
-/// "scores", "failed"}`, or with `--query` the search's `[{"image", "score"}]`.
+/// "scores", "people" (with `--face-model`), "failed"}`, or with `--query` the search's `[{"image", "score"}]`.
 pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
     if !args.photos.is_dir() {
         bail!("{} is not a directory", args.photos.display());
@@ -130,6 +130,12 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
         let t = Instant::now();
         let categories = analyzer.categories(&records, &args.concepts)?;
         timings.push(("categories".into(), t.elapsed()));
+        let people = pipeline.embedding.finds_faces().then(|| {
+            let t = Instant::now();
+            let people = analyzer.people(&records);
+            timings.push(("people".into(), t.elapsed()));
+            people
+        });
         let t = Instant::now();
         let by_key: HashMap<&str, &FeatureRecord> =
             records.iter().map(|(k, r)| (k.as_str(), r)).collect();
@@ -246,6 +252,7 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
                 .map(|(category, images)| CategoryImages { category, images })
                 .collect(),
             scores,
+            people: people.map(|p| p.into_iter().map(PersonFaces::from).collect()),
             failed: failed
                 .into_iter()
                 .map(|(key, reason)| Failure { key, reason })
@@ -271,6 +278,9 @@ struct Output {
     low_quality: Vec<String>,
     categories: Vec<CategoryImages>,
     scores: Vec<CategoryScores>,
+    /// With `--face-model` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    people: Option<Vec<PersonFaces>>,
     failed: Vec<Failure>,
 }
 
@@ -286,6 +296,7 @@ struct StageTotals {
     load: Duration,
     decode: Duration,
     preprocess: Duration,
+    faces: Duration,
     embed: Duration,
     store: Duration,
     wall: Duration,
@@ -296,6 +307,7 @@ impl StageTotals {
         self.load += t.load.total;
         self.decode += t.decode.total;
         self.preprocess += t.preprocess.total;
+        self.faces += t.faces.total;
         self.embed += t.embed.total;
         self.store += t.store;
         self.wall += t.total;
@@ -311,6 +323,7 @@ impl StageTotals {
                 "preprocess + pixel features (sum over photos)".into(),
                 self.preprocess,
             ),
+            ("faces (sum over photos)".into(), self.faces),
             ("model (sum over photos)".into(), self.embed),
             ("feature store".into(), self.store),
             ("embedding, wall clock".into(), self.wall),

@@ -13,12 +13,14 @@ use ongi_core::analysis::{AnalysisConfig, Analyzer};
 use ongi_core::batcher::{Batcher, BatcherConfig};
 use ongi_core::embedding::{EmbeddingService, PipelineConfig};
 use ongi_core::encoder::{ClipImageEncoder, ClipTextEncoder};
+use ongi_core::faces::FaceFinder;
 use ongi_core::preprocess::{DecodeMode, PreprocessConfig};
 use ongi_core::source::{ImageSource, SourceLimits};
 use ongi_core::store::FeatureStore;
 use ongi_core::text_cache::TextEmbeddings;
 use ongi_core::tokenize::ClipTokenizer;
 use ongi_model::clip::ClipModel;
+use ongi_model::face::FaceOptions;
 
 use crate::compute::{Compute, ComputeArgs};
 
@@ -73,6 +75,12 @@ pub struct PipelineArgs {
     /// so such files fail with "hard links" unless every link is trusted.
     #[arg(long, env = "ONGI_ALLOW_HARD_LINKS")]
     pub allow_hard_links: bool,
+    /// Face models (face-api's SSD-MobileNetV1, 68-point landmarks and
+    /// recognition net, as laid out by `scripts/fetch-face-models.sh DIR`):
+    /// photos are embedded with their faces, and `people` is answered.
+    /// Without it the people route answers 400.
+    #[arg(long, env = "ONGI_FACE_MODEL")]
+    pub face_model: Option<PathBuf>,
     #[command(flatten)]
     pub decode: DecodeArgs,
     #[command(flatten)]
@@ -113,7 +121,7 @@ pub struct AnalysisArgs {
     /// Highlight score head (safetensors linear/MLP over the normalised embedding).
     #[arg(long, env = "ONGI_SCORE_HEAD")]
     pub score_head: Option<PathBuf>,
-    /// JSON file overriding analysis constants (duplicates, quality, categories).
+    /// JSON file overriding analysis constants (duplicates, quality, categories, people).
     #[arg(long, env = "ONGI_ANALYSIS_CONFIG")]
     pub analysis_config: Option<PathBuf>,
 }
@@ -178,6 +186,15 @@ pub async fn build(
             .map(|id| ongi_core::model_id::with_precision(&id, compute.precision))
             .with_context(|| format!("hashing the checkpoint in {}", args.model.display()))?,
     };
+    let faces = args
+        .face_model
+        .as_deref()
+        .map(|dir| {
+            FaceFinder::load(dir, FaceOptions::default())
+                .map(Arc::new)
+                .with_context(|| format!("loading the face models from {}", dir.display()))
+        })
+        .transpose()?;
     let decode_workers = args.decode_workers.unwrap_or(compute.threads).max(1);
     let decode_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(decode_workers)
@@ -240,6 +257,7 @@ pub async fn build(
         threads = compute.threads,
         decode_workers,
         decode = %decode_mode,
+        faces = faces.is_some(),
         batch_size = args.batch_size,
         "pipeline ready"
     );
@@ -256,6 +274,7 @@ pub async fn build(
             decode_mode,
             request_timeout: Some(request_timeout),
             thumbnails,
+            faces,
         },
     );
     Ok(Pipeline {

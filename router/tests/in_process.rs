@@ -111,7 +111,7 @@ async fn the_app_answers_the_contract_in_process() {
         (status, body),
         (
             StatusCode::BAD_REQUEST,
-            json!({"message": "invalid_request", "data": "people needs a face model, and this server has none"})
+            json!({"message": "invalid_request", "data": "people needs face models: this server was started without --face-model"})
         )
     );
 

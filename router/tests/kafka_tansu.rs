@@ -6,6 +6,8 @@
 //! mid-run, are tested against librdkafka's mock cluster (`kafka_mock.rs`):
 //! tansu 0.6 keeps a crashed member's partitions assigned to it.
 
+#[path = "../../crates/ongi-core/tests/support/face_models.rs"]
+mod face_models;
 mod support;
 
 use std::time::Duration;
@@ -25,11 +27,29 @@ async fn the_backends_album_flow_is_answered_as_the_routes_answer() {
     let photos = photo_dir();
     let store = tempfile::tempdir().unwrap();
     let store_file = store.path().join("f.redb");
+    // With face models, the album gains a photo of three faces and its copy,
+    // so the people answer has persons in it.
+    let faces = face_models::model_dir();
+    let face_photos: Vec<String> = match &faces {
+        Some(dir) => ["sample1.jpg", "sample1-copy.jpg"]
+            .into_iter()
+            .map(|name| {
+                std::fs::copy(dir.join("samples/sample1.jpg"), photos.path().join(name)).unwrap();
+                name.to_string()
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut flags = vec!["--kafka-transactions", "off"];
+    let model_flag = faces.as_ref().map(|d| d.to_str().unwrap().to_string());
+    if let Some(dir) = &model_flag {
+        flags.extend(["--face-model", dir.as_str()]);
+    }
     let server = kafka_server(
         photos.path(),
         store_file.to_str().unwrap(),
         &brokers,
-        &["--kafka-transactions", "off"],
+        &flags,
     );
     let health = wait_kafka_healthy(&server).await;
     assert_eq!(health["status"], "ok", "{health}");
@@ -38,6 +58,7 @@ async fn the_backends_album_flow_is_answered_as_the_routes_answer() {
 
     // Embedding first: the album is every photo plus a corrupt one.
     let mut images = photo_names();
+    images.extend(face_photos.iter().cloned());
     images.push("corrupt.jpg".into());
     let job = json!({"taskId": "e1", "albumId": 7, "images": images});
     send(
@@ -76,7 +97,11 @@ async fn the_backends_album_flow_is_answered_as_the_routes_answer() {
             json!({"images": good, "concepts": ["travel", "food"]}),
         ),
         ("duplicate", "d1", json!({"images": good})),
-        ("people", "p1", json!({"images": good})),
+        (
+            "people",
+            "p1",
+            json!({"images": good.iter().chain(&face_photos).collect::<Vec<_>>()}),
+        ),
     ];
     for (task, id, body) in &fields {
         let mut job = body.clone();
@@ -100,8 +125,18 @@ async fn the_backends_album_flow_is_answered_as_the_routes_answer() {
     assert_eq!(answers["q1"]["statusCode"], 201);
     assert_eq!(answers["c1"]["statusCode"], 201);
     assert_eq!(answers["d1"]["statusCode"], 201);
-    // No face model in this server: people is refused with the reason.
-    assert_eq!(answers["p1"]["statusCode"], 400, "{}", answers["p1"]);
+    if faces.is_some() {
+        assert_eq!(answers["p1"]["statusCode"], 201, "{}", answers["p1"]);
+        assert_eq!(
+            answers["p1"]["body"]["data"].as_array().unwrap().len(),
+            3,
+            "{}",
+            answers["p1"]
+        );
+    } else {
+        // No face models: people is refused with the reason.
+        assert_eq!(answers["p1"]["statusCode"], 400, "{}", answers["p1"]);
+    }
     let categories = answers["c1"]["body"]["data"].clone();
     assert!(!categories.as_array().unwrap().is_empty(), "{categories}");
     let job = json!({"taskId": "s1", "albumId": 7, "categories": categories});

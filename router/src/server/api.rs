@@ -101,6 +101,46 @@ pub struct QualityResponse {
     pub data: Vec<String>,
 }
 
+/// The answer of `POST /api/albums/people`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeopleResponse {
+    /// `success`.
+    pub message: String,
+    /// One entry per person, most faces first.
+    pub data: Vec<PersonFaces>,
+}
+
+/// One person of an album.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PersonFaces {
+    /// The photo of each of the person's faces, in request order (a key
+    /// repeats when one photo holds the person twice).
+    pub images: Vec<String>,
+    /// The person's first face.
+    pub representative_face: RepresentativeFace,
+}
+
+/// Where a person's representative face is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RepresentativeFace {
+    /// Its photo.
+    pub image: String,
+    /// `[x1, y1, x2, y2]`, whole pixels of the upright photo.
+    pub bbox: [i32; 4],
+}
+
+impl From<ongi_core::analysis::people::Person> for PersonFaces {
+    fn from(person: ongi_core::analysis::people::Person) -> Self {
+        Self {
+            images: person.images,
+            representative_face: RepresentativeFace {
+                image: person.representative_face.image,
+                bbox: person.representative_face.bbox,
+            },
+        }
+    }
+}
+
 /// The answer of `POST /api/albums/categories`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CategoriesResponse {

@@ -15,7 +15,8 @@ use ongi_core::untrusted::{echo_key, Untrusted};
 use super::api::{
     self, created, ApiError, CategoriesRequest, CategoriesResponse, CategoryImages, CategoryScores,
     DuplicatesResponse, EmbeddingResponse, ErrorResponse, HealthResponse, ImageScore,
-    ImagesRequest, QualityResponse, ScoreRequest, ScoreResponse, SearchRequest, SearchResponse,
+    ImagesRequest, PeopleResponse, PersonFaces, QualityResponse, ScoreRequest, ScoreResponse,
+    SearchRequest, SearchResponse,
 };
 use super::limits::{check_image_count, JsonBody};
 use super::AppState;
@@ -184,16 +185,16 @@ pub async fn quality(
     }))
 }
 
-/// Persons in the album. Needs face models, and this server has none: it
-/// answers 400 saying so (after checking the request), so a client that
-/// asks, over HTTP or Kafka, gets a reason instead of silence.
+/// Persons in the album: the faces found while embedding, clustered.
 #[utoipa::path(
     post,
     path = "/api/albums/people",
     request_body = ImagesRequest,
     responses(
-        (status = 400, description = "This server has no face model; or an empty list, malformed body, too many images or body over the size limit", body = api::ErrorResponse),
+        (status = 201, description = "One entry per person, most faces first", body = PeopleResponse),
+        (status = 400, description = "This server has no face models (`--face-model`); or an empty list, malformed body, too many images or body over the size limit", body = api::ErrorResponse),
         (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
+        (status = 428, description = "`data` lists the keys lacking cached features or faces (embedded before face models were enabled)", body = api::ErrorResponse),
     )
 )]
 pub async fn people(
@@ -201,10 +202,29 @@ pub async fn people(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let request: ImagesRequest = api::parse_body(&body)?;
-    request_keys(&app, &request.images)?;
-    Err(ApiError::InvalidRequest(
-        "people needs a face model, and this server has none".into(),
-    ))
+    let keys = request_keys(&app, &request.images)?;
+    if !app.pipeline.embedding.finds_faces() {
+        return Err(ApiError::InvalidRequest(
+            "people needs face models: this server was started without --face-model".into(),
+        ));
+    }
+    let started = Instant::now();
+    let records = cached_records(&app, &keys).await?;
+    // Embedded before faces were enabled: their faces are unknown, not absent.
+    let faceless: Vec<String> = records
+        .iter()
+        .filter(|(_, r)| r.faces.is_none())
+        .map(|(k, _)| k.clone())
+        .collect();
+    if !faceless.is_empty() {
+        return Err(ApiError::EmbeddingRequired(faceless));
+    }
+    let persons = app.pipeline.analyzer.people(&records);
+    observe("people", started, records.len());
+    Ok(created(PeopleResponse {
+        message: SUCCESS.into(),
+        data: persons.into_iter().map(PersonFaces::from).collect(),
+    }))
 }
 
 /// Themed categories by the representative-tag algorithm.
