@@ -8,16 +8,20 @@
 //! exactly the code a real album does — then the real server is started on it
 //! and each route is timed over HTTP on loopback.
 
+#[path = "../../crates/ongi-core/tests/support/face_models.rs"]
+mod face_models;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ongi_core::features::FeatureRecord;
+use ongi_core::features::{FaceRecord, FeatureRecord};
 use serde_json::json;
 
 const PHOTOS: usize = 1000;
+/// Distinct people across the album; each photo holds 0–3 of them.
+const PERSONS: usize = 200;
 const RUNS: usize = 30;
 
 /// xorshift64*: deterministic and dependency-free; quality is irrelevant here.
@@ -37,6 +41,11 @@ impl Rng {
 
 fn album(dim: usize) -> Vec<(String, FeatureRecord)> {
     let mut rng = Rng(0x0123_4567_89ab_cdef);
+    // 128-d face descriptors: one random direction per person, each face of
+    // theirs that direction plus noise (about 0.02 cosine distance apart).
+    let persons: Vec<Vec<f32>> = (0..PERSONS)
+        .map(|_| ongi_core::analysis::normalized(&(0..128).map(|_| rng.unit()).collect::<Vec<_>>()))
+        .collect();
     let mut out = Vec::with_capacity(PHOTOS);
     let mut base = (0u64, vec![0.0f32; dim]);
     for i in 0..PHOTOS {
@@ -52,7 +61,19 @@ fn album(dim: usize) -> Vec<(String, FeatureRecord)> {
             laplacian_var: 20.0 + 400.0 * (rng.unit() + 1.0),
             width: 4032,
             height: 3024,
-            faces: None,
+            faces: Some(
+                (0..rng.next() % 4)
+                    .map(|f| FaceRecord {
+                        score: 0.9,
+                        bbox: [100 + 400 * f as i32, 100, 400 + 400 * f as i32, 500],
+                        landmarks: vec![[0.0, 0.0]; 68],
+                        embedding: persons[(rng.next() % PERSONS as u64) as usize]
+                            .iter()
+                            .map(|x| x + 0.012 * rng.unit())
+                            .collect(),
+                    })
+                    .collect(),
+            ),
         };
         out.push((format!("album/photo_{i:04}.jpg"), record));
     }
@@ -86,35 +107,47 @@ fn main() {
             .unwrap();
         store.put_many(model_id, &records).await.unwrap();
     });
-    let server = support::OngiServer::start(
-        &[
-            "--model",
-            model.to_str().unwrap(),
-            "--images",
-            photos.to_str().unwrap(),
-            "--store",
-            store_path.to_str().unwrap(),
-            "--model-id",
-            model_id,
-        ],
-        &[],
-    );
+    let faces = face_models::model_dir().map(|d| d.to_str().unwrap().to_string());
+    let mut args = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        photos.to_str().unwrap(),
+        "--store",
+        store_path.to_str().unwrap(),
+        "--model-id",
+        model_id,
+    ];
+    if let Some(dir) = &faces {
+        args.extend(["--face-model", dir.as_str()]);
+    }
+    let server = support::OngiServer::start(&args, &[]);
     runtime.block_on(async {
         let (status, body) = server.post("/api/albums/categories", &json!({ "images": keys })).await;
         assert_eq!(status, 201, "{body}");
         let categories = body["data"].clone();
-        let routes = [
+        let mut routes = vec![
             ("duplicates", json!({ "images": keys })),
             ("quality", json!({ "images": keys })),
             ("categories", json!({ "images": keys, "concepts": ["travel", "family"] })),
             ("score", json!({ "categories": categories })),
         ];
+        if faces.is_some() {
+            routes.push(("people", json!({ "images": keys })));
+        }
+        let face_count: usize = records.iter().map(|(_, r)| r.faces.as_ref().map_or(0, Vec::len)).sum();
+        println!("{face_count} faces of {PERSONS} people in the album");
         println!("model {} ({dim}-d), {PHOTOS} photos in the store, {RUNS} runs per route, release build", model.display());
         println!("{:<12} {:>9} {:>9} {:>9}", "route", "p50 ms", "p95 ms", "max ms");
         for (route, body) in routes {
             let path = format!("/api/albums/{route}");
             let (status, answer) = server.post(&path, &body).await; // warm-up
             assert_eq!(status, 201, "{route}: {answer}");
+            if route == "people" {
+                let persons = answer["data"].as_array().unwrap();
+                println!("people: {} persons found", persons.len());
+                assert!(persons.len() >= PERSONS / 2, "{} persons", persons.len());
+            }
             let mut times = Vec::with_capacity(RUNS);
             for _ in 0..RUNS {
                 let t = Instant::now();
