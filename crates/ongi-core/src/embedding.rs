@@ -399,9 +399,7 @@ impl EmbeddingService {
             .min_decode_size(&cfg)
             .map(|m| match &faces {
                 Some(_) => preprocess::MinDecodeSize {
-                    longest_edge: m
-                        .longest_edge
-                        .max(FaceFinder::min_decode_size().longest_edge),
+                    longest_edge: m.longest_edge.max(FaceFinder::MIN_LONG_SIDE),
                     ..m
                 },
                 None => m,

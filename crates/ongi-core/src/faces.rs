@@ -8,7 +8,7 @@ use ongi_model::face::{FaceModels, FaceOptions, RgbView};
 use ongi_model::ModelError;
 
 use crate::features::FaceRecord;
-use crate::preprocess::{DecodedImage, MinDecodeSize};
+use crate::preprocess::DecodedImage;
 
 /// The face models and what to keep of their output.
 pub struct FaceFinder {
@@ -38,14 +38,6 @@ impl FaceFinder {
         })
     }
 
-    /// What a reduced decode must keep for faces.
-    pub fn min_decode_size() -> MinDecodeSize {
-        MinDecodeSize {
-            shortest_edge: 0,
-            longest_edge: Self::MIN_LONG_SIDE,
-        }
-    }
-
     /// The faces of a decoded photo, best first, in the full-size frame.
     pub fn faces(&self, decoded: &DecodedImage) -> Result<Vec<FaceRecord>, ModelError> {
         let image = &decoded.image;
@@ -58,15 +50,10 @@ impl FaceFinder {
         let [x0, y0, x1, y1] = decoded.source_box;
         let sx = decoded.width as f32 / (x1 - x0).max(1.0);
         let sy = decoded.height as f32 / (y1 - y0).max(1.0);
-        // The minimum size is in full-size pixels.
-        let options = FaceOptions {
-            min_size: self.options.min_size / sx.max(sy),
-            ..self.options
-        };
         let to_full = |[x, y]: [f32; 2]| [(x - x0) * sx, (y - y0) * sy];
         Ok(self
             .models
-            .faces(&view, &options)?
+            .faces(&view, &self.options)?
             .into_iter()
             .map(|face| {
                 let [bx, by, bw, bh] = face.bbox;

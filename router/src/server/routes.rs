@@ -213,7 +213,7 @@ pub async fn people(
     // Embedded before faces were enabled: their faces are unknown, not absent.
     let faceless: Vec<String> = records
         .iter()
-        .filter(|(_, r)| r.faces.is_none())
+        .filter(|(_, r)| !app.pipeline.embedding.is_complete(r))
         .map(|(k, _)| k.clone())
         .collect();
     if !faceless.is_empty() {

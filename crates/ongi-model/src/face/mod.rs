@@ -35,8 +35,6 @@ pub struct FaceOptions {
     pub min_score: f32,
     /// At most this many faces per photo (the best ones): bounds the cost.
     pub max_faces: usize,
-    /// Faces whose box is narrower or lower than this many pixels are dropped.
-    pub min_size: f32,
 }
 
 impl Default for FaceOptions {
@@ -44,7 +42,6 @@ impl Default for FaceOptions {
         Self {
             min_score: 0.5,
             max_faces: 100,
-            min_size: 0.0,
         }
     }
 }
@@ -103,9 +100,6 @@ impl FaceModels {
         {
             let [x, y, w, h] = detection.rect;
             let bbox = [x * width, y * height, w * width, h * height];
-            if bbox[2] < options.min_size || bbox[3] < options.min_size {
-                continue;
-            }
             let Some(crop) = clip(photo, bbox) else {
                 continue;
             };
