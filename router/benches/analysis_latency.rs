@@ -8,10 +8,8 @@
 //! exactly the code a real album does — then the real server is started on it
 //! and each route is timed over HTTP on loopback.
 
-#[path = "../../crates/ongi-core/tests/support/face_models.rs"]
-mod face_models;
-#[path = "../tests/support/mod.rs"]
-mod support;
+use ongi_test_support::ongi::OngiServer;
+use ongi_test_support::{face_models, fixtures};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -87,7 +85,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() {
     let model =
-        std::env::var_os("ONGI_BENCH_MODEL").map_or_else(support::tiny_model, PathBuf::from);
+        std::env::var_os("ONGI_BENCH_MODEL").map_or_else(fixtures::tiny_model, PathBuf::from);
     let dim = ongi_model::config::ClipConfig::from_model_dir(&model)
         .expect("model config")
         .projection_dim;
@@ -121,7 +119,7 @@ fn main() {
     if let Some(dir) = &faces {
         args.extend(["--face-model", dir.as_str()]);
     }
-    let server = support::OngiServer::start(&args, &[]);
+    let server = OngiServer::start(&args, &[]);
     runtime.block_on(async {
         let (status, body) = server.post("/api/albums/categories", &json!({ "images": keys })).await;
         assert_eq!(status, 201, "{body}");

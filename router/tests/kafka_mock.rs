@@ -6,8 +6,7 @@
 
 mod support;
 
-#[path = "../../crates/ongi-core/tests/support/redis.rs"]
-mod redis_support;
+use ongi_test_support::redis as redis_support;
 
 use std::time::Duration;
 

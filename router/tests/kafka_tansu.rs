@@ -6,8 +6,7 @@
 //! mid-run, are tested against librdkafka's mock cluster (`kafka_mock.rs`):
 //! tansu 0.6 keeps a crashed member's partitions assigned to it.
 
-#[path = "../../crates/ongi-core/tests/support/face_models.rs"]
-mod face_models;
+use ongi_test_support::face_models;
 mod support;
 
 use std::time::Duration;

@@ -10,8 +10,7 @@
 //! `ONGI_PARITY_DIR` (e.g. `~/.cache/ongi`, written by
 //! `make_fixtures.py --full`) to include it.
 
-#[path = "../../crates/ongi-core/tests/support/real_photos.rs"]
-mod real_photos;
+use ongi_test_support::real_photos;
 mod support;
 
 use std::collections::HashMap;
@@ -23,26 +22,16 @@ use ongi_core::preprocess::{
 };
 use ongi_core::tokenize::ClipTokenizer;
 use ongi_model::{ClipModel, Precision, VisionKernels};
+use ongi_test_support::fixtures::dir as fixtures;
+use ongi_test_support::numeric::floats;
 use serde_json::Value;
 use support::cosine;
 
 const MIN_COSINE: f64 = 0.99999;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
 struct Reference {
     images: Vec<(String, Vec<f32>)>,
     texts: Vec<(String, Vec<u32>, Vec<f32>)>,
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
 }
 
 fn read_reference(path: &Path) -> Reference {

@@ -5,8 +5,7 @@
 //! where the CPU lacks AMX, AVX512-BF16 or VNNI), so these bars are checked
 //! on every machine; which kernel ran is printed.
 
-#[path = "../../crates/ongi-core/tests/support/real_photos.rs"]
-mod real_photos;
+use ongi_test_support::real_photos;
 mod support;
 
 use std::path::{Path, PathBuf};

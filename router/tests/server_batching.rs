@@ -1,8 +1,7 @@
 //! Cross-request batching under concurrency: simultaneous requests share
 //! inference batches, and every request still gets exactly its own embeddings.
 
-#[path = "../../crates/ongi-core/tests/support/redis.rs"]
-mod redis_support;
+use ongi_test_support::redis as redis_support;
 mod support;
 
 use serde_json::json;

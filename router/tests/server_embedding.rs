@@ -2,10 +2,8 @@
 //! fixture model, real photos, and each store and source backend for real
 //! (redb file, redis-server, moto's S3 server).
 
-#[path = "../../crates/ongi-core/tests/support/redis.rs"]
-mod redis_support;
-#[path = "../../crates/ongi-core/tests/support/s3.rs"]
-mod s3;
+use ongi_test_support::redis as redis_support;
+use ongi_test_support::s3;
 mod support;
 
 use serde_json::json;

@@ -3,163 +3,35 @@
 //! port), SIGTERM with requests in flight, and SIGKILL in the middle of writes to
 //! the embedded store.
 
-#[path = "../../crates/ongi-core/tests/support/redis.rs"]
-mod redis_support;
-mod support;
-
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use redis_support::RedisServer;
+use ongi_test_support::fixtures::{photo_dir, photo_names, tiny_model};
+use ongi_test_support::ongi::{post_json, OngiServer};
+use ongi_test_support::redis::RedisServer;
 use serde_json::{json, Value};
-use support::{free_port, metric_value, photo_dir, photo_names, tiny_model};
 
 /// Namespace of the records, fixed so the test can read the store afterwards.
 const MODEL_ID: &str = "faults-test";
 
-/// `ongi serve` as a plain child process, so the test can signal it at will.
-struct Serve {
-    child: Option<Child>,
-    url: String,
-    port: u16,
-    log: PathBuf,
-    _log_dir: tempfile::TempDir,
-}
-
-impl Serve {
-    fn start(photos: &Path, store: &str, extra: &[&str]) -> Self {
-        let log_dir = tempfile::tempdir().unwrap();
-        let log = log_dir.path().join("server.log");
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_ongi"))
-            .arg("serve")
-            .args(["--bind", &format!("127.0.0.1:{port}")])
-            .arg("--model")
-            .arg(tiny_model())
-            .arg("--images")
-            .arg(photos)
-            .args(["--store", store, "--model-id", MODEL_ID, "--threads", "1"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut server = Self {
-            child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-            log,
-            _log_dir: log_dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("ongi serve exited with {status}; log:\n{}", server.log());
-            }
-            if health_status(port) == Some(200) {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ongi serve did not become ready; log:\n{}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ongi serve still running after {within:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
-        post(&self.url, path, body).await
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric_value(&text, name)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-async fn post(url: &str, path: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
-    let resp = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-        .post(format!("{url}{path}"))
-        .json(body)
-        .send()
-        .await?;
-    let status = resp.status().as_u16();
-    let text = resp.text().await?;
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{path} answered {status} with non-JSON {text:?}: {e}"));
-    Ok((status, value))
-}
-
-/// Status of `GET /health/info` over a plain socket, or None if nobody answers.
-fn health_status(port: u16) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET /health/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+/// `ongi serve` over `photos` and `store` with the faults tests' model id
+/// and one compute thread, then `extra` flags.
+fn start(photos: &Path, store: &str, extra: &[&str]) -> OngiServer {
+    let model = tiny_model();
+    let mut args = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        photos.to_str().unwrap(),
+        "--store",
+        store,
+        "--model-id",
+        MODEL_ID,
+        "--threads",
+        "1",
+    ];
+    args.extend(extra);
+    OngiServer::start(&args, &[])
 }
 
 fn redb_path(dir: &tempfile::TempDir) -> String {
@@ -179,10 +51,10 @@ async fn redis_outage_fails_fast_and_recovers_without_restart() {
     let photos = photo_dir();
     let names = photo_names();
     let (first, second) = (&names[..3], &names[3..6]);
-    let server = Serve::start(photos.path(), &redis.url(), &[]);
+    let server = start(photos.path(), &redis.url(), &[]);
 
     let (status, body) = server
-        .post("/api/albums/embedding", &json!({ "images": first }))
+        .try_post("/api/albums/embedding", &json!({ "images": first }))
         .await
         .unwrap();
     assert_eq!((status, &body["data"]), (201, &Value::Null), "{body}");
@@ -192,7 +64,7 @@ async fn redis_outage_fails_fast_and_recovers_without_restart() {
     for images in [first, second] {
         let started = Instant::now();
         let (status, body) = server
-            .post("/api/albums/embedding", &json!({ "images": images }))
+            .try_post("/api/albums/embedding", &json!({ "images": images }))
             .await
             .unwrap();
         let took = started.elapsed();
@@ -213,7 +85,7 @@ async fn redis_outage_fails_fast_and_recovers_without_restart() {
     }
     // The analysis routes read the store too.
     let (status, _) = server
-        .post("/api/albums/quality", &json!({ "images": first }))
+        .try_post("/api/albums/quality", &json!({ "images": first }))
         .await
         .unwrap();
     assert_eq!(status, 500);
@@ -240,7 +112,7 @@ async fn redis_outage_fails_fast_and_recovers_without_restart() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
         let (status, body) = server
-            .post("/api/albums/embedding", &json!({ "images": first }))
+            .try_post("/api/albums/embedding", &json!({ "images": first }))
             .await
             .unwrap();
         if status == 201 {
@@ -255,12 +127,12 @@ async fn redis_outage_fails_fast_and_recovers_without_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(body["data"], Value::Null, "{body}");
-    assert_eq!(health_status(server.port), Some(200), "healthy again");
+    assert_eq!(server.health_status(), Some(200), "healthy again");
     // Redis had no persistence: the three photos were embedded again ...
     assert_eq!(server.metric("ongi_images_embedded_total").await, 6.0);
     // ... and written to the new Redis: the analysis route finds them.
     let (status, body) = server
-        .post("/api/albums/quality", &json!({ "images": first }))
+        .try_post("/api/albums/quality", &json!({ "images": first }))
         .await
         .unwrap();
     assert_eq!(status, 201, "{body}");
@@ -276,7 +148,7 @@ async fn sigterm_finishes_in_flight_requests_and_keeps_every_record() {
     let store_dir = tempfile::tempdir().unwrap();
     let store = redb_path(&store_dir);
     // Batches wait up to 1.5 s to fill 64 images: requests sit in the queue.
-    let mut server = Serve::start(
+    let mut server = start(
         photos.path(),
         &store,
         &["--max-batch-wait-ms", "1500", "--batch-size", "64"],
@@ -286,7 +158,7 @@ async fn sigterm_finishes_in_flight_requests_and_keeps_every_record() {
     for chunk in names.chunks(3) {
         let (url, body) = (server.url.clone(), json!({ "images": chunk }));
         requests.push(tokio::spawn(async move {
-            post(&url, "/api/albums/embedding", &body).await
+            post_json(&url, "/api/albums/embedding", &body).await
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -360,13 +232,13 @@ async fn sigkill_during_writes_never_corrupts_the_embedded_store() {
     let store = redb_path(&store_dir);
 
     for round in 0..4u64 {
-        let mut server = Serve::start(photos.path(), &store, &["--batch-size", "4"]);
+        let mut server = start(photos.path(), &store, &["--batch-size", "4"]);
         let mut requests = Vec::new();
         for (i, chunk) in keys.chunks(8).enumerate() {
             let (url, body) = (server.url.clone(), json!({ "images": chunk }));
             requests.push(tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(10 * i as u64)).await;
-                post(&url, "/api/albums/embedding", &body).await
+                post_json(&url, "/api/albums/embedding", &body).await
             }));
         }
         tokio::time::sleep(Duration::from_millis(250 + 150 * round)).await;
@@ -387,10 +259,10 @@ async fn sigkill_during_writes_never_corrupts_the_embedded_store() {
         eprintln!("round {round}: {answered} requests answered, {cut} cut off by SIGKILL");
 
         // The next server opens the same file and answers.
-        let server = Serve::start(photos.path(), &store, &[]);
+        let server = start(photos.path(), &store, &[]);
         let probe = &keys[..2];
         let (status, body) = server
-            .post("/api/albums/embedding", &json!({ "images": probe }))
+            .try_post("/api/albums/embedding", &json!({ "images": probe }))
             .await
             .unwrap();
         assert_eq!(
@@ -429,18 +301,18 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 /// bomb among the files).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_corpus_fails_per_image_through_the_server() {
-    let corpus = support::fixtures().join("malformed");
+    let corpus = ongi_test_support::fixtures::dir().join("malformed");
     let manifest: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(corpus.join("manifest.json")).unwrap())
             .unwrap();
     let store_dir = tempfile::tempdir().unwrap();
-    let server = Serve::start(&corpus, &redb_path(&store_dir), &["--decode-workers", "2"]);
+    let server = start(&corpus, &redb_path(&store_dir), &["--decode-workers", "2"]);
     let keys: Vec<&str> = manifest
         .iter()
         .map(|e| e["file"].as_str().unwrap())
         .collect();
     let (status, body) = server
-        .post("/api/albums/embedding", &json!({ "images": keys }))
+        .try_post("/api/albums/embedding", &json!({ "images": keys }))
         .await
         .unwrap();
     assert_eq!(status, 201, "{body}; log:\n{}", server.log());
@@ -476,28 +348,20 @@ async fn hung_redis_fails_within_the_deadline_and_recovers() {
     let redis = RedisServer::start();
     let photos = photo_dir();
     let names = photo_names();
-    let server = Serve::start(photos.path(), &redis.url(), &[]);
+    let server = start(photos.path(), &redis.url(), &[]);
     let (status, body) = server
-        .post("/api/albums/embedding", &json!({ "images": &names[..2] }))
+        .try_post("/api/albums/embedding", &json!({ "images": &names[..2] }))
         .await
         .unwrap();
     assert_eq!(status, 201, "{body}");
 
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([format!("-{sig}"), redis.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} redis failed");
-    };
-    signal("STOP");
+    redis.signal("STOP");
     let started = Instant::now();
     let result = server
-        .post("/api/albums/embedding", &json!({ "images": &names[2..4] }))
+        .try_post("/api/albums/embedding", &json!({ "images": &names[2..4] }))
         .await;
     let took = started.elapsed();
-    signal("CONT");
+    redis.signal("CONT");
     eprintln!("hung Redis: answered in {took:?}");
     let (status, body) = result.unwrap();
     assert_eq!(status, 500, "{body}; log:\n{}", server.log());
@@ -510,7 +374,7 @@ async fn hung_redis_fails_within_the_deadline_and_recovers() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = server
-            .post("/api/albums/embedding", &json!({ "images": &names[2..4] }))
+            .try_post("/api/albums/embedding", &json!({ "images": &names[2..4] }))
             .await
             .unwrap();
         if status == 201 {
@@ -534,7 +398,7 @@ async fn sigterm_with_a_stalled_client_exits_within_a_grace_period() {
     use std::io::Write;
     let photos = photo_dir();
     let store_dir = tempfile::tempdir().unwrap();
-    let mut server = Serve::start(
+    let mut server = start(
         photos.path(),
         &redb_path(&store_dir),
         &["--shutdown-grace-secs", "2"],

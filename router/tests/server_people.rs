@@ -3,8 +3,7 @@
 //! for photos never embedded and for photos embedded before faces were
 //! enabled, and the answer from the stored faces alone.
 
-#[path = "../../crates/ongi-core/tests/support/face_models.rs"]
-mod face_models;
+use ongi_test_support::face_models;
 mod support;
 
 use serde_json::{json, Value};

@@ -9,8 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-#[path = "support/real_photos.rs"]
-mod real_photos;
+use ongi_test_support::real_photos;
 
 use ongi_core::features;
 use ongi_core::preprocess::{

@@ -9,10 +9,11 @@
 //! decoders differ by about half a grey level per channel, which moves a
 //! face's crop by a pixel now and then.
 
-#[path = "support/face_models.rs"]
-mod face_models;
+use ongi_test_support::face_models;
+use ongi_test_support::fixtures::repo;
+use ongi_test_support::numeric::{cosine, floats};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use ongi_core::preprocess::decode_image;
@@ -24,24 +25,6 @@ fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     let iy = (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]);
     let inter = ix.max(0.0) * iy.max(0.0);
     inter / (a[2] * a[3] + b[2] * b[3] - inter)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (norm(a) * norm(b))
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Worst IoU, descriptor cosine and landmark distance over every reference
@@ -86,7 +69,7 @@ fn compare(
                 .map(|f| (f, iou(f.bbox, bbox)))
                 .max_by(|a, b| a.1.total_cmp(&b.1))
                 .unwrap();
-            let similarity = cosine(&best.descriptor, &floats(&face["descriptor"]));
+            let similarity = cosine(&best.descriptor, &floats(&face["descriptor"])) as f32;
             let shift = best
                 .landmarks
                 .iter()

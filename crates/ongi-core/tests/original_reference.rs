@@ -6,10 +6,9 @@
 //! they answer under `tests/fixtures/original/`. Here ongi answers the same
 //! questions on the same inputs and must agree exactly (scores within 1e-6).
 
-#[path = "support/real_photos.rs"]
-mod real_photos;
+use ongi_test_support::real_photos;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use image::{GrayImage, Luma};
 use ongi_core::analysis::categories::{categorize, CategoriesConfig};
@@ -20,11 +19,8 @@ use ongi_core::features::{hamming, laplacian_variance, phash, pixel_features};
 use ongi_core::preprocess::{
     decode_grey, decode_image_scaled, DecodeMode, PreprocessConfig, DEFAULT_MAX_PIXELS,
 };
+use ongi_test_support::fixtures::dir as fixtures;
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn load(name: &str) -> Value {
     let path = fixtures().join("original").join(name);

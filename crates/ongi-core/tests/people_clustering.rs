@@ -5,8 +5,7 @@
 //! Every copy of a face must land in its source face's cluster, and no
 //! cluster may hold two different faces of one source photo.
 
-#[path = "support/face_models.rs"]
-mod face_models;
+use ongi_test_support::face_models;
 
 use std::collections::HashMap;
 use std::io::Cursor;

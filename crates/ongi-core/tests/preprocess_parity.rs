@@ -7,7 +7,9 @@
 //! `ONGI_DECODE_PARITY_DIR` to also compare decoded pixels with PIL on photos
 //! outside the repository (see `decoded_pixels_match_pil_dumps`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use ongi_test_support::fixtures::dir as fixtures;
 
 use ongi_core::preprocess::{
     decode_image, decode_image_with_limit, load_and_preprocess, DecodeMode, PreprocessConfig,
@@ -21,10 +23,6 @@ use safetensors::{Dtype, SafeTensors};
 /// rescale/normalise, which is reproduced operation for operation. 1e-5 is far below
 /// one u8 level (≈ 0.0146 after normalisation); in practice the values are identical.
 const MAX_ABS: f32 = 1e-5;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn to_f32(bytes: &[u8]) -> Vec<f32> {
     bytes

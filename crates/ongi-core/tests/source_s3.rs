@@ -3,8 +3,7 @@
 //! Requires `moto_server` (`python3 -m pip install 'moto[server]'`); without it
 //! these tests fail, saying so.
 
-#[path = "support/s3.rs"]
-mod s3;
+use ongi_test_support::s3;
 
 use ongi_core::source::{ImageSource, SourceError, SourceLimits};
 use s3::MotoServer;

@@ -3,8 +3,7 @@
 //! The only test in this binary, because it sets process environment
 //! variables, which every test thread of a binary shares.
 
-#[path = "support/s3.rs"]
-mod s3;
+use ongi_test_support::s3;
 
 use ongi_core::source::{ImageSource, SourceLimits};
 

@@ -5,16 +5,15 @@
 //! `redis-server` must be on PATH (`apt-get install redis-server`); without
 //! it the Redis tests fail with that instruction rather than pass silently.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ongi_core::features::FeatureRecord;
 use ongi_core::store::{open_store, FeatureStore, RedbStore, StoreError};
 
-#[path = "support/redis.rs"]
-mod redis_support;
-use redis_support::{free_port, RedisServer};
+use ongi_test_support::free_port;
+use ongi_test_support::redis as redis_support;
+use redis_support::RedisServer;
 
 // ---------------------------------------------------------------------------
 // Harnesses
@@ -476,21 +475,12 @@ async fn redis_hung_server_times_out_instead_of_hanging() {
         .put_many("clip", &[("a.jpg".to_owned(), record(1, 8))])
         .await
         .unwrap();
-    let pid = server.pid().to_string();
     // A stopped process keeps its socket open but never answers.
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    server.signal("STOP");
     let t = Instant::now();
     let res = store.get_many("clip", &keys(&["a.jpg"])).await;
     let waited = t.elapsed();
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    server.signal("CONT");
     assert!(res.is_err(), "a hung Redis must be an error, got {res:?}");
     assert!(waited < Duration::from_secs(4), "waited {waited:?}");
 

@@ -27,12 +27,8 @@ pub fn tansu_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("ONGI_TANSU") {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME is set");
-    cache
-        .join("ongi/tools")
+    ongi_test_support::cache_dir()
+        .join("tools")
         .join(format!("tansu-{TANSU_VERSION}"))
         .join("bin/tansu")
 }

@@ -1,16 +1,11 @@
 //! A real `redis-server` for integration tests, on a free loopback port in a
 //! temporary directory (never a system service, never a mock).
 //!
-//! Include by path: `#[path = "support/redis.rs"] mod redis_support;` from
-//! `crates/ongi-core/tests`, or
-//! `#[path = "../../crates/ongi-core/tests/support/redis.rs"]` from elsewhere.
 //! `redis-server` must be on PATH (`apt-get install redis-server`); without it
 //! the test fails with that instruction.
 
-#![allow(dead_code)] // each test crate uses a different subset
-
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,7 +21,7 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = crate::free_port();
         let child = spawn_redis(dir.path(), port);
         let server = Self { child, port, dir };
         server.wait_ready();
@@ -42,6 +37,15 @@ impl RedisServer {
     /// The server's process id (to pause it with SIGSTOP in fault tests).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `kill -SIGNAL` (e.g. `"STOP"` to hang it, `"CONT"` to resume).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} redis-server failed");
     }
 
     /// Stops the server (it can be started again with [`RedisServer::restart`]).
@@ -97,15 +101,6 @@ fn spawn_redis(dir: &Path, port: u16) -> Child {
         ),
         Err(e) => panic!("cannot start redis-server: {e}"),
     }
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Raw RESP `PING`, so readiness does not depend on the code under test.

@@ -1,16 +1,6 @@
 //! A real S3-protocol server for integration tests: `moto` in server mode.
 //!
-//! Dependency-free (std only), so any test crate in the workspace can include
-//! it by path:
-//!
 //! ```ignore
-//! // in crates/ongi-core/tests/*.rs
-//! #[path = "support/s3.rs"]
-//! mod s3;
-//! // in router/tests/*.rs (or any other crate)
-//! #[path = "../../crates/ongi-core/tests/support/s3.rs"]
-//! mod s3;
-//!
 //! let server = s3::MotoServer::start(); // fails the test, with an install hint, if moto is missing
 //! server.create_bucket("photos");
 //! server.put_object("photos", "albums/a.jpg", &jpeg_bytes);
@@ -29,10 +19,7 @@
 //! Install: `python3 -m pip install 'moto[server]'`. Set `ONGI_MOTO_SERVER`
 //! to use a `moto_server` executable that is not on `PATH`.
 
-#![allow(dead_code)] // each test crate uses a different subset
-
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -180,7 +167,7 @@ impl MotoServer {
 
     /// Uploads one object (path-style `PUT /bucket/key`); panics on failure.
     pub fn put_object(&self, bucket: &str, key: &str, body: &[u8]) {
-        self.expect_ok("PUT", &format!("/{bucket}/{}", encode_key(key)), body);
+        self.expect_ok("PUT", &self.object_path(bucket, key), body);
     }
 
     fn expect_ok(&self, method: &str, path: &str, body: &[u8]) {
@@ -194,37 +181,34 @@ impl MotoServer {
         }
     }
 
-    /// One HTTP/1.1 request with `Connection: close`; returns the status and raw response.
+    /// One request on the server; its status and body (any status is an answer).
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
+        let answer = ureq::request(method, &format!("{}{path}", self.endpoint()))
+            .timeout(Duration::from_secs(30))
+            .set("content-type", "application/octet-stream")
+            .send_bytes(body);
+        let response = match answer {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => return Err(error.to_string()),
+        };
+        let status = response.status();
+        let mut bytes = Vec::new();
+        response
+            .into_reader()
+            .read_to_end(&mut bytes)
             .map_err(|e| e.to_string())?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\
-             Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
-            self.port,
-            body.len()
-        );
-        stream
-            .write_all(head.as_bytes())
-            .map_err(|e| e.to_string())?;
-        stream.write_all(body).map_err(|e| e.to_string())?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .map_err(|e| e.to_string())?;
-        let status = std::str::from_utf8(&response[..response.len().min(12)])
-            .ok()
-            .and_then(|line| line.get(9..12))
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| {
-                format!(
-                    "not an HTTP response: {:?}",
-                    String::from_utf8_lossy(&response)
-                )
-            })?;
-        Ok((status, response))
+        Ok((status, bytes))
+    }
+
+    /// The path of `key` in `bucket`, percent-encoded, `/` kept as separators.
+    fn object_path(&self, bucket: &str, key: &str) -> String {
+        let mut url = url::Url::parse(&self.endpoint()).expect("loopback URL");
+        url.path_segments_mut()
+            .expect("http URL")
+            .push(bucket)
+            .extend(key.split('/'));
+        url.path().to_owned()
     }
 }
 
@@ -241,17 +225,4 @@ fn parse_port(line: &str) -> Option<u16> {
     let port = rest.split(':').nth(1)?;
     let digits: String = port.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
-}
-
-/// Percent-encodes a key for a request path, keeping `/` separators.
-fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for byte in key.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }

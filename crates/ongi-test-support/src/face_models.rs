@@ -1,5 +1,4 @@
-//! The face models of `@vladmandic/face-api` and their sample photos (shared
-//! by ongi-core's and the router's tests through `#[path]`).
+//! The face models of `@vladmandic/face-api` and their sample photos.
 //!
 //! `ONGI_FACE_MODELS`, else the cache directory `scripts/test-deps` fills
 //! with `scripts/fetch-face-models.sh`.
@@ -8,11 +7,7 @@ use std::path::PathBuf;
 
 /// Where `scripts/test-deps` puts the models.
 pub fn default_dir() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"),
-        PathBuf::from,
-    );
-    cache.join("ongi/face-models/face-api-1.7.15")
+    crate::cache_dir().join("face-models/face-api-1.7.15")
 }
 
 /// The model directory; `None` (the caller skips, loudly) when it is absent,

@@ -1,5 +1,4 @@
-//! Real photos for the fast-decode tests (shared by ongi-core's and the
-//! router's tests through `#[path]`).
+//! Real photos for the fast-decode tests.
 //!
 //! `ONGI_REAL_PHOTOS`, else `/usr/share/backgrounds/mate` (Debian's
 //! `mate-backgrounds`, real photos of 1280–5640 px, which `.ci/run` installs).
