@@ -110,6 +110,15 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
             progress.inc(chunk.len() as u64);
         }
         progress.finish_and_clear();
+        tracing::info!(
+            photos = keys.len(),
+            wall_s = format_args!("{:.2}", stages.wall.as_secs_f64()),
+            decode_s = format_args!("{:.2}", stages.decode.as_secs_f64()),
+            preprocess_s = format_args!("{:.2}", stages.preprocess.as_secs_f64()),
+            faces_s = format_args!("{:.2}", stages.faces.as_secs_f64()),
+            model_s = format_args!("{:.2}", stages.embed.as_secs_f64()),
+            "embedded (stage times summed over photos)"
+        );
         timings.extend(stages.rows());
         let analyzer = &pipeline.analyzer;
         if let Some(query) = query {
