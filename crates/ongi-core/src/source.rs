@@ -14,7 +14,7 @@
 //! anything that is not a plain relative path before any backend sees it, and
 //! the local backend additionally refuses symlinks that lead out of the root,
 //! special files (FIFOs, devices, sockets) and, by default, files with more
-//! than one hard link; see [`read_local`].
+//! than one hard link.
 //! Every failure is a [`SourceError`] for that one image; nothing here panics
 //! on client input.
 

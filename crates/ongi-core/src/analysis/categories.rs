@@ -180,7 +180,7 @@ impl OrderedGroups {
 /// 0. optional boosts ([`CategoriesConfig::tag_boosts`]);
 /// 1. per image, its `top_k` tags with similarity ≥ `min_similarity`, best
 ///    first, then the optional parent refinement ([`CategoriesConfig::parents`]);
-/// 2. the album's `representative_tags` best tags by [`representativeness`];
+/// 2. the album's `representative_tags` best tags by its representativeness (Σ scores + bonus · Σ scores above τ);
 /// 3. each image joins the first of its top tags that is representative and
 ///    scores ≥ `min_similarity`, else the other group;
 /// 4. per group (other excepted), the best tag over its images is found again;

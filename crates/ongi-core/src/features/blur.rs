@@ -16,7 +16,7 @@ const LAPLACIAN_LONG_SIDE: usize = 300;
 ///
 /// - `grey` is OpenCV's greyscale decode (`preprocess::decode_grey`);
 /// - resized so the long side is 300 px and the other side is truncated, with
-///   OpenCV's `INTER_AREA` reproduced (see [`cv_resize_area`]); photos already
+///   OpenCV's `INTER_AREA` reproduced; photos already
 ///   smaller are resized upwards, as the original resizes unconditionally. A side
 ///   that truncates to 0 (OpenCV raises an error) is kept at 1 px;
 /// - 3×3 Laplacian `[[0,1,0],[1,-4,1],[0,1,0]]` (`ksize=1`) with

@@ -9,7 +9,7 @@ const LOW: usize = 8;
 
 /// 64-bit perceptual hash, as `cv2.img_hash.PHash_create().compute(grey)`:
 ///
-/// 1. resize to 32×32 with `INTER_LINEAR_EXACT` (see [`resize_linear_exact`]);
+/// 1. resize to 32×32 with `INTER_LINEAR_EXACT`;
 /// 2. orthonormal 2-D DCT-II of the f32 pixels, top-left 8×8 block, its DC
 ///    term set to 0;
 /// 3. bit `8·row + col` set when that coefficient is strictly above the
