@@ -106,20 +106,11 @@ fn main() {
         store.put_many(model_id, &records).await.unwrap();
     });
     let faces = face_models::model_dir().map(|d| d.to_str().unwrap().to_string());
-    let mut args = vec![
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        photos.to_str().unwrap(),
-        "--store",
-        store_path.to_str().unwrap(),
-        "--model-id",
-        model_id,
-    ];
+    let mut args = vec!["--model-id", model_id];
     if let Some(dir) = &faces {
         args.extend(["--face-model", dir.as_str()]);
     }
-    let server = OngiServer::start(&args, &[]);
+    let server = OngiServer::start_model_over(&model, &photos, &store_path, &args, None);
     runtime.block_on(async {
         let (status, body) = server.post("/api/albums/categories", &json!({ "images": keys })).await;
         assert_eq!(status, 201, "{body}");

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ongi_test_support::fixtures::{photo_dir, photo_names, tiny_model};
+use ongi_test_support::fixtures::{photo_dir, photo_names};
 use ongi_test_support::ongi::{post_json, OngiServer};
 use ongi_test_support::redis::RedisServer;
 use serde_json::{json, Value};
@@ -17,21 +17,9 @@ const MODEL_ID: &str = "faults-test";
 /// `ongi serve` over `photos` and `store` with the faults tests' model id
 /// and one compute thread, then `extra` flags.
 fn start(photos: &Path, store: &str, extra: &[&str]) -> OngiServer {
-    let model = tiny_model();
-    let mut args = vec![
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        photos.to_str().unwrap(),
-        "--store",
-        store,
-        "--model-id",
-        MODEL_ID,
-        "--threads",
-        "1",
-    ];
+    let mut args = vec!["--model-id", MODEL_ID, "--threads", "1"];
     args.extend(extra);
-    OngiServer::start(&args, &[])
+    OngiServer::start_over(photos, Path::new(store), &args, None)
 }
 
 fn redb_path(dir: &tempfile::TempDir) -> String {

@@ -97,7 +97,17 @@ impl OngiServer {
     /// embedded store at `store`, then `extra` flags, under `ulimit -n NOFILE`
     /// when given.
     pub fn start_over(photos: &Path, store: &Path, extra: &[&str], nofile: Option<u32>) -> Self {
-        let model = fixtures::tiny_model();
+        Self::start_model_over(&fixtures::tiny_model(), photos, store, extra, nofile)
+    }
+
+    /// [`OngiServer::start_over`] with the model directory `model`.
+    pub fn start_model_over(
+        model: &Path,
+        photos: &Path,
+        store: &Path,
+        extra: &[&str],
+        nofile: Option<u32>,
+    ) -> Self {
         let mut args = vec![
             "--model",
             model.to_str().unwrap(),
