@@ -18,6 +18,7 @@ use std::path::PathBuf;
 /// does not hold.
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
@@ -31,4 +32,25 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// `Some(dir)` when `present`; otherwise a panic under CI (which must run
+/// everything), else a skip line naming what is missing and `None`.
+pub fn present_or_skip(dir: PathBuf, present: bool, what: &str, remedy: &str) -> Option<PathBuf> {
+    if present {
+        return Some(dir);
+    }
+    let missing = format!("{} holds none; {remedy}", dir.display());
+    assert!(std::env::var_os("CI").is_none(), "{what}: {missing}");
+    println!("{what}: skipped ({missing})");
+    None
+}
+
+/// Sends `kill -SIGNAL` (e.g. `"TERM"`, `"STOP"`, `"CONT"`) to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }

@@ -194,11 +194,7 @@ impl OngiServer {
 
     /// Sends `kill -SIGNAL` (e.g. `"TERM"`, `"STOP"`) to the server.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} failed");
+        crate::signal(self.pid(), signal);
     }
 
     /// Whether the process is still running.

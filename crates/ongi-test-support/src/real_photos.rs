@@ -12,19 +12,13 @@ pub fn photo_dir() -> Option<PathBuf> {
         || PathBuf::from("/usr/share/backgrounds/mate"),
         PathBuf::from,
     );
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: install mate-backgrounds or set ONGI_REAL_PHOTOS",
-        dir.display()
-    );
-    println!(
-        "real photos: skipped ({} is missing; install mate-backgrounds or set ONGI_REAL_PHOTOS)",
-        dir.display()
-    );
-    None
+    let present = dir.is_dir();
+    crate::present_or_skip(
+        dir,
+        present,
+        "real photos",
+        "install mate-backgrounds or set ONGI_REAL_PHOTOS",
+    )
 }
 
 /// Every `.jpg`/`.jpeg` under `dir`, recursively, sorted.

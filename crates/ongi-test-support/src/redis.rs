@@ -41,11 +41,7 @@ impl RedisServer {
 
     /// Sends `kill -SIGNAL` (e.g. `"STOP"` to hang it, `"CONT"` to resume).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} redis-server failed");
+        crate::signal(self.pid(), signal);
     }
 
     /// Stops the server (it can be started again with [`RedisServer::restart`]).
