@@ -107,9 +107,9 @@ else
 fi
 
 # --- 3. ongi, release -------------------------------------------------------
-log "cargo build --release -p ongi"
-(cd "$REPO" && cargo build --release -p ongi) >&2
-ONGI=$REPO/target/release/ongi
+log "cargo build --release -p ongi-bench"
+(cd "$REPO" && cargo build --release -p ongi-bench) >&2
+ONGI_BENCH=$REPO/target/release/ongi-bench
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ongi-compare.XXXXXX")
 log "raw results in $WORK"
@@ -138,7 +138,7 @@ for round in $(seq 1 "$ROUNDS"); do
         done
         for d in "${ONGI_DTYPES[@]}"; do
             log "round $round/$ROUNDS: ongi --dtype $d, $t thread(s)"
-            "$ONGI" bench --model "$MODEL" --batch-sizes "$BATCH_SIZES" --threads "$t" \
+            "$ONGI_BENCH" --model "$MODEL" --batch-sizes "$BATCH_SIZES" --threads "$t" \
                 --images "$IMAGES" --dtype "$d" --json --save-features "$WORK/features-$d" \
                 > "$WORK/ongi-$d.round.jsonl"
             "$PY" "$REPO/bench/peers.py" cosine --jsonl "$WORK/ongi-$d.round.jsonl" \
@@ -160,8 +160,8 @@ if [[ $DO_PRE == 1 ]]; then
     "$PY" "$REPO/bench/peers.py" photos --out "$PHOTOS" --count 4 "${SRCS[@]}"
     mapfile -t PFILES < <(ls "$PHOTOS"/photo12mp_*.jpg)
     for mode in exact fast; do
-        log "ongi bench --preprocess --decode $mode (${#PFILES[@]} files, $PRE_IMAGES images)"
-        "$ONGI" bench --model "$MODEL" --preprocess "${PFILES[@]}" --images "$PRE_IMAGES" \
+        log "ongi-bench --preprocess --decode $mode (${#PFILES[@]} files, $PRE_IMAGES images)"
+        "$ONGI_BENCH" --model "$MODEL" --preprocess "${PFILES[@]}" --images "$PRE_IMAGES" \
             --decode "$mode" --json >> "$WORK/ongi_pre.jsonl"
     done
     log "Python reference preprocessing"

@@ -6,7 +6,7 @@ Subcommands (each prints JSON lines on stdout, logs on stderr):
   model --engine ENGINE --model DIR --threads T --batch-sizes 1,16 --images N
         [--reference-dir DIR]
         Times the CLIP image tower on the same deterministic synthetic pixels
-        `ongi bench` uses (splitmix64 in [0,1), normalised with the model's
+        `ongi-bench` uses (splitmix64 in [0,1), normalised with the model's
         mean/std), after a warm-up, with exactly T compute threads. ENGINE:
         torch (transformers `get_image_features`, f32), torch-bf16 (the same
         under CPU bf16 autocast), ort (DIR/vision.onnx, f32), ort-int8
@@ -57,7 +57,7 @@ def peak_rss_mb() -> float:
 
 
 def synthetic_pixels(batch: int, size: int, mean, std):
-    """Same values as ongi's `synthetic_pixels` (router/src/bench.rs)."""
+    """Same values as ongi's `synthetic_pixels` (crates/ongi-bench/src/tower.rs)."""
     import numpy as np
 
     n = batch * 3 * size * size

@@ -3,13 +3,11 @@
 //! [`server::app`].
 
 pub mod analyze;
-pub mod bench;
 pub mod compute;
 pub mod embed;
 pub mod hub;
 pub mod inputs;
 pub mod kafka;
-pub mod loadtest;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
@@ -37,10 +35,6 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Run the HTTP server (the original AI server's contract).
     Serve(server::ServeArgs),
-    /// Drive a local (loopback-only) server with virtual users; print latency, errors, images/s, RSS.
-    Loadtest(loadtest::LoadtestArgs),
-    /// Time the image tower (or, with --preprocess, decode + preprocess) per batch size and thread count.
-    Bench(bench::BenchArgs),
 }
 
 /// Runs the command line: parses the arguments, runs the command, and maps
@@ -56,9 +50,13 @@ pub fn main() -> std::process::ExitCode {
         Command::Embed(args) => embed::run(args),
         Command::Analyze(args) => analyze::run(args),
         Command::Serve(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
-        Command::Loadtest(args) => loadtest::run(args),
-        Command::Bench(args) => bench::run(args).map(|()| std::process::ExitCode::SUCCESS),
     };
+    exit_code(result)
+}
+
+/// The exit status of a command's outcome: its own on success, 2 (with the
+/// error on stderr) on a usage, model or store error.
+pub fn exit_code(result: anyhow::Result<std::process::ExitCode>) -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
@@ -71,7 +69,7 @@ pub fn main() -> std::process::ExitCode {
 /// An error and its causes on one line, each cause once: library errors
 /// often show their source in their own message too, which anyhow's `{:#}`
 /// would print a second time.
-pub(crate) fn describe(err: &anyhow::Error) -> String {
+pub fn describe(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in err.chain() {
         let part = cause.to_string();
@@ -92,8 +90,6 @@ fn resolve_model(command: &mut Command) -> anyhow::Result<()> {
         Command::Embed(args) => &mut args.model,
         Command::Analyze(args) => &mut args.pipeline.model,
         Command::Serve(args) => &mut args.pipeline.model,
-        Command::Bench(args) => &mut args.model,
-        Command::Loadtest(_) => return Ok(()),
     };
     *model = hub::resolve(model)?;
     Ok(())
@@ -103,7 +99,7 @@ fn resolve_model(command: &mut Command) -> anyhow::Result<()> {
 /// filters (default `info` for ongi, `warn` otherwise);
 /// `ONGI_LOG_FORMAT=json` gives one JSON object per line. Colours only on a
 /// terminal, and never with `NO_COLOR` set, so a log file holds no escape codes.
-fn init_tracing() {
+pub fn init_tracing() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ongi=info,ongi_core=info"));

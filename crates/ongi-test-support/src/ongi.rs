@@ -24,7 +24,7 @@ pub fn binary() -> PathBuf {
     let ongi = profile.join(format!("ongi{}", std::env::consts::EXE_SUFFIX));
     assert!(
         ongi.is_file(),
-        "{} is missing: run the router's tests through cargo, which builds it",
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p ongi` first), which builds it",
         ongi.display()
     );
     ongi

@@ -1,20 +1,18 @@
-//! `ongi loadtest` against the real server on the tiny fixture model (a few
+//! `ongi-loadtest` against the real server on the tiny fixture model (a few
 //! seconds), and its loopback-only guard.
-
-mod support;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use ongi_test_support::fixtures::{photo_dir, tiny_model};
+use ongi_test_support::ongi::OngiServer;
 use serde_json::Value;
-use support::{photo_dir, tiny_model, OngiServer};
 
 fn loadtest(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ongi"))
-        .arg("loadtest")
+    Command::new(env!("CARGO_BIN_EXE_ongi-loadtest"))
         .args(args)
         .output()
-        .expect("running ongi loadtest")
+        .expect("running ongi-loadtest")
 }
 
 #[test]
@@ -35,7 +33,7 @@ fn loadtest_drives_the_server_and_reports() {
         ],
         &[],
     );
-    let pid = server_pid(&server);
+    let pid = server.pid();
     let started = Instant::now();
     let out = loadtest(&[
         "--url",
@@ -93,31 +91,6 @@ fn loadtest_drives_the_server_and_reports() {
     assert!(rss["peak_mib"].as_f64().unwrap() > 0.0, "{report}");
     assert!(rss["samples"].as_u64().unwrap() >= 2, "{report}");
     assert!(rss["verdict"].is_string(), "{report}");
-}
-
-/// The server's process id: the only `ongi serve` child bound to its port.
-fn server_pid(server: &OngiServer) -> u32 {
-    let port = server.url.rsplit(':').next().unwrap();
-    // Find the process whose command line names this --bind address.
-    for entry in std::fs::read_dir("/proc").unwrap() {
-        let entry = entry.unwrap();
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a == "serve")
-            && args.iter().any(|a| a == &format!("127.0.0.1:{port}"))
-        {
-            return pid;
-        }
-    }
-    panic!("no ongi serve process on port {port}");
 }
 
 #[test]

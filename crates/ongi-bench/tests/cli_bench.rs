@@ -1,29 +1,20 @@
-//! `ongi bench` end to end on the tiny fixture model: output structure only,
+//! `ongi-bench` end to end on the tiny fixture model: output structure only,
 //! never timing values (they depend on the machine and its load).
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn run_json(args: &[&str]) -> Vec<serde_json::Map<String, Value>> {
-    let root = repo_root();
-    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
+    let root = ongi_test_support::fixtures::repo();
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi-bench"))
         .current_dir(&root)
-        .arg("bench")
         .arg("--model")
         .arg(root.join("tests/fixtures/tiny-clip"))
         .arg("--json")
         .args(args)
         .output()
-        .expect("running ongi bench");
+        .expect("running ongi-bench");
     let stdout = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -119,7 +110,7 @@ fn bench_json_covers_every_thread_count() {
 
 #[test]
 fn bench_preprocess_reports_decode_throughput() {
-    let photos = repo_root().join("tests/fixtures/photos");
+    let photos = ongi_test_support::fixtures::repo().join("tests/fixtures/photos");
     let a = photos.join("landscape_dune.jpg");
     let b = photos.join("rgb_garden.png");
     let lines = run_json(&[
@@ -141,9 +132,8 @@ fn bench_preprocess_reports_decode_throughput() {
 
 #[test]
 fn bench_preprocess_rejects_an_undecodable_file() {
-    let root = repo_root();
-    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
-        .arg("bench")
+    let root = ongi_test_support::fixtures::repo();
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi-bench"))
         .arg("--model")
         .arg(root.join("tests/fixtures/tiny-clip"))
         .arg("--preprocess")
@@ -156,12 +146,10 @@ fn bench_preprocess_rejects_an_undecodable_file() {
 
 #[test]
 fn bench_preprocess_skips_an_undecodable_file_with_a_line() {
-    let root = repo_root();
+    let root = ongi_test_support::fixtures::repo();
     let photos = root.join("tests/fixtures/photos");
-    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
-        .args([
-            "bench", "--json", "--images", "2", "--warmup", "0", "--model",
-        ])
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi-bench"))
+        .args(["--json", "--images", "2", "--warmup", "0", "--model"])
         .arg(root.join("tests/fixtures/tiny-clip"))
         .arg("--preprocess")
         .arg(&photos)
@@ -182,9 +170,8 @@ fn bench_preprocess_skips_an_undecodable_file_with_a_line() {
 
 #[test]
 fn bench_table_has_a_row_per_setting() {
-    let root = repo_root();
-    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
-        .arg("bench")
+    let root = ongi_test_support::fixtures::repo();
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi-bench"))
         .arg("--model")
         .arg(root.join("tests/fixtures/tiny-clip"))
         .args(["--batch-sizes", "1,2", "--threads", "1", "--images", "2"])

@@ -1,4 +1,4 @@
-//! `ongi bench`: times the CLIP image tower on synthetic inputs, or decode +
+//! `ongi-bench`: times the CLIP image tower on synthetic inputs, or decode +
 //! preprocess alone (`--preprocess`), and reports throughput, CPU and memory.
 //!
 //! Thread settings are honest: each `--threads N` runs in its own child process
@@ -24,11 +24,13 @@ use ongi_model::clip::ClipModel;
 use ongi_model::Precision;
 use serde::{Deserialize, Serialize};
 
-use crate::compute::DTypeArg;
-use crate::inputs::{self, Input};
-use crate::pipeline::DecodeArgs;
+use ongi_router::compute::DTypeArg;
+use ongi_router::inputs::{self, Input};
+use ongi_router::pipeline::DecodeArgs;
 
-/// Arguments of `ongi bench`.
+use crate::proc_stats::{cpu_seconds, peak_rss_kb, reset_peak_rss, rss_kb};
+
+/// Arguments of `ongi-bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// CLIP model: a directory (config.json, model.safetensors, tokenizer.json,
@@ -87,6 +89,21 @@ struct Timing {
     peak_rss_mb: f64,
     /// `VmHWM` (reset per setting) or `VmRSS` (sampled, when the reset is unavailable).
     peak_rss_source: String,
+}
+
+impl Timing {
+    /// The table columns images, images/s, ms/image, CPU avg and peak %, peak RSS MB.
+    fn columns(&self) -> String {
+        format!(
+            "{:>6} {:>9.2} {:>9.2} {:>9.0} {:>10.0} {:>12.0}",
+            self.images,
+            self.images_per_sec,
+            self.ms_per_image,
+            self.cpu_avg_pct,
+            self.cpu_peak_pct,
+            self.peak_rss_mb
+        )
+    }
 }
 
 /// One measured setting of the image tower (one `--json` line).
@@ -167,7 +184,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 /// Runs one child process per thread count and prints its settings as they come.
 fn bench_model(args: &BenchArgs) -> Result<()> {
-    let exe = std::env::current_exe().context("locating the ongi binary")?;
+    let exe = std::env::current_exe().context("locating the ongi-bench binary")?;
     let batch_sizes = args
         .batch_sizes
         .iter()
@@ -180,7 +197,7 @@ fn bench_model(args: &BenchArgs) -> Result<()> {
         let dtype = format!("{precision} ({why})");
         writeln!(
             out,
-            "ongi bench: image tower of {}, {dtype}, synthetic inputs, >= {} images per setting after {} warm-up batch(es)",
+            "ongi-bench: image tower of {}, {dtype}, synthetic inputs, >= {} images per setting after {} warm-up batch(es)",
             args.model.display(),
             args.images,
             args.warmup
@@ -202,8 +219,7 @@ fn bench_model(args: &BenchArgs) -> Result<()> {
     let mut rss_sources = Vec::new();
     for &threads in &args.threads {
         let mut cmd = Command::new(&exe);
-        cmd.arg("bench")
-            .arg("--model")
+        cmd.arg("--model")
             .arg(&args.model)
             .arg("--batch-sizes")
             .arg(&batch_sizes)
@@ -235,15 +251,10 @@ fn bench_model(args: &BenchArgs) -> Result<()> {
             } else {
                 writeln!(
                     out,
-                    "{:>7} {:>5} {:>6} {:>9.2} {:>9.1} {:>9.0} {:>10.0} {:>12.0}",
+                    "{:>7} {:>5} {}",
                     r.threads,
                     r.batch_size,
-                    r.timing.images,
-                    r.timing.images_per_sec,
-                    r.timing.ms_per_image,
-                    r.timing.cpu_avg_pct,
-                    r.timing.cpu_peak_pct,
-                    r.timing.peak_rss_mb
+                    r.timing.columns()
                 )?;
                 if !rss_sources.contains(&r.timing.peak_rss_source) {
                     rss_sources.push(r.timing.peak_rss_source.clone());
@@ -431,7 +442,7 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     } else {
         writeln!(
             out,
-            "ongi bench --preprocess: {} decode + preprocess ({}x{} crop){}, 1 thread, files read into memory first",
+            "ongi-bench --preprocess: {} decode + preprocess ({}x{} crop){}, 1 thread, files read into memory first",
             decode,
             cfg.crop_width,
             cfg.crop_height,
@@ -446,65 +457,17 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
             "{:>5} {:>6} {:>9} {:>9} {:>9} {:>10} {:>12}",
             "files", "images", "images/s", "ms/image", "CPU avg %", "CPU peak %", "peak RSS MB"
         )?;
-        writeln!(
-            out,
-            "{:>5} {:>6} {:>9.2} {:>9.2} {:>9.0} {:>10.0} {:>12.0}",
-            r.files,
-            r.timing.images,
-            r.timing.images_per_sec,
-            r.timing.ms_per_image,
-            r.timing.cpu_avg_pct,
-            r.timing.cpu_peak_pct,
-            r.timing.peak_rss_mb
-        )?;
+        writeln!(out, "{:>5} {}", r.files, r.timing.columns())?;
         writeln!(out, "{}", footnote(&[r.timing.peak_rss_source]))?;
     }
     out.flush()?;
     Ok(())
 }
 
-/// Linux reports `/proc/*/stat` CPU times in USER_HZ, 100 on every mainstream
-/// architecture.
-const USER_HZ: f64 = 100.0;
-
-/// This process's CPU time (utime + stime, all threads) in seconds.
-fn cpu_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
-    // Fields after the parenthesised command name (which may contain spaces):
-    // state is field 3, utime field 14, stime field 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/self/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
-        fields
-            .get(i - 3)
-            .and_then(|f| f.parse::<u64>().ok())
-            .map(|t| t as f64)
-            .context("malformed /proc/self/stat")
-    };
-    Ok((ticks(14)? + ticks(15)?) / USER_HZ)
-}
-
-/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`).
-fn status_kb(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|line| {
-        let v = line.strip_prefix(field)?.strip_prefix(':')?;
-        v.trim().trim_end_matches("kB").trim().parse().ok()
-    })
-}
-
-/// Resets `VmHWM` to the current RSS (`/proc/self/clear_refs` = 5); false if unavailable.
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok() && status_kb("VmHWM").is_some()
-}
-
 /// Peak RSS in MB (10^6 bytes) and where it came from.
 fn peak_rss(reset: bool, sampled_kb: u64) -> Result<(f64, String)> {
-    let now = status_kb("VmRSS").unwrap_or(0);
-    let (kb, source) = match status_kb("VmHWM") {
+    let now = rss_kb(None).unwrap_or(0);
+    let (kb, source) = match peak_rss_kb() {
         Some(hwm) if reset => (hwm, "VmHWM"),
         _ => (sampled_kb.max(now), "VmRSS"),
     };
@@ -546,7 +509,7 @@ impl Sampler {
                 let mut max_rss = 0;
                 loop {
                     let done = s.load(Ordering::Acquire);
-                    max_rss = max_rss.max(status_kb("VmRSS").unwrap_or(0));
+                    max_rss = max_rss.max(rss_kb(None).unwrap_or(0));
                     if t.load(Ordering::Acquire) {
                         if let Ok(cpu) = cpu_seconds() {
                             samples.push((Instant::now(), cpu));
@@ -611,12 +574,6 @@ fn peak_cpu_pct(samples: &[(Instant, f64)]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_time_and_rss_are_readable() {
-        assert!(cpu_seconds().unwrap() >= 0.0);
-        assert!(status_kb("VmRSS").unwrap() > 0);
-    }
 
     #[test]
     fn peak_cpu_uses_windows() {
