@@ -5,41 +5,31 @@
 //! `config.json` written by `CLIPConfig(...).save_pretrained` and a full one
 //! from the Hub (`openai/clip-vit-base-patch32`) both load.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use crate::error::ModelError;
 
 /// File name of the configuration inside a model directory.
 pub const CONFIG_FILE: &str = "config.json";
 
-/// Activation function of the MLP blocks (`hidden_act`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Activation function of the MLP blocks (`hidden_act`), by its transformers name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Activation {
     /// `quick_gelu`: `x * sigmoid(1.702 x)` (OpenAI CLIP).
+    #[serde(rename = "quick_gelu")]
     QuickGelu,
     /// `gelu`: the exact, erf-based GELU (torch's default `gelu`).
+    #[serde(rename = "gelu")]
     Gelu,
     /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation of GELU.
+    /// Same formula; transformers computes them differently (python vs
+    /// torch's fused kernel), which only matters at rounding level.
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh")]
     GeluTanh,
-}
-
-impl Activation {
-    /// Names accepted in `hidden_act`, for error messages.
-    pub const SUPPORTED: &'static str = "quick_gelu, gelu, gelu_new, gelu_pytorch_tanh";
-
-    /// Parses a transformers activation name; `None` when unsupported.
-    pub fn from_hf_name(name: &str) -> Option<Self> {
-        match name {
-            "quick_gelu" => Some(Self::QuickGelu),
-            "gelu" => Some(Self::Gelu),
-            // Same formula; transformers computes them differently (python
-            // vs torch's fused kernel), which only matters at rounding level.
-            "gelu_new" | "gelu_pytorch_tanh" => Some(Self::GeluTanh),
-            _ => None,
-        }
-    }
 }
 
 /// How the text tower picks the token whose state becomes the text feature.
@@ -143,209 +133,241 @@ impl ClipConfig {
 
     /// Parses the JSON text of a `config.json`; `path` is only used in errors.
     pub fn from_json_str(json: &str, path: &Path) -> Result<Self, ModelError> {
-        let root: Value = serde_json::from_str(json).map_err(|source| ModelError::ConfigJson {
+        let error = |field: String, message: String| ModelError::Config {
             path: path.to_path_buf(),
-            source,
-        })?;
-        let root = root.as_object().ok_or_else(|| ModelError::Config {
-            path: path.to_path_buf(),
-            field: "(root)".into(),
-            message: "expected a JSON object".into(),
-        })?;
-        let top = Fields {
-            path,
-            section: "",
-            map: root,
+            field,
+            message,
         };
-        let projection_dim = top.usize_or("projection_dim", 512)?;
-
-        let text_map = sub_config(&top, "text_config")?;
-        let text = parse_text(&Fields {
-            path,
-            section: text_map.0,
-            map: &text_map.1,
+        let raw: RawClip = from_json(json).map_err(|e| match e {
+            JsonError::Syntax(source) => ModelError::ConfigJson {
+                path: path.to_path_buf(),
+                source,
+            },
+            JsonError::Field { field, message } => error(field, message),
         })?;
-        let vision_map = sub_config(&top, "vision_config")?;
-        let vision = parse_vision(&Fields {
-            path,
-            section: vision_map.0,
-            map: &vision_map.1,
-        })?;
+        // As `CLIPConfig.__post_init__`: a non-null legacy `<name>_dict` wins
+        // outright (transformers expands it to a full config, defaults
+        // included, and overwrites `<name>` with it); otherwise `<name>`, an
+        // absent or null one meaning "all defaults".
+        let (text_key, text) = match raw.text_config_dict {
+            Some(t) => ("text_config_dict", t),
+            None => ("text_config", raw.text_config.unwrap_or_default()),
+        };
+        let (vision_key, vision) = match raw.vision_config_dict {
+            Some(v) => ("vision_config_dict", v),
+            None => ("vision_config", raw.vision_config.unwrap_or_default()),
+        };
+        let text = text
+            .resolve()
+            .map_err(|(f, m)| error(format!("{text_key}.{f}"), m))?;
+        let vision = vision
+            .resolve()
+            .map_err(|(f, m)| error(format!("{vision_key}.{f}"), m))?;
         Ok(Self {
-            projection_dim,
+            projection_dim: raw.projection_dim.map_or(512, |p| p.0),
             text,
             vision,
         })
     }
 }
 
-/// Picks the object that determines a sub-config, as `CLIPConfig.__post_init__`
-/// does: a non-null legacy `<name>_dict` wins outright (transformers expands it
-/// to a full config, defaults included, and overwrites `<name>` with it);
-/// otherwise `<name>`, with an absent or null one meaning "all defaults".
-fn sub_config(
-    top: &Fields<'_>,
-    name: &'static str,
-) -> Result<(&'static str, Map<String, Value>), ModelError> {
-    let legacy: &'static str = match name {
-        "text_config" => "text_config_dict",
-        _ => "vision_config_dict",
-    };
-    for key in [legacy, name] {
-        match top.map.get(key) {
-            None | Some(Value::Null) => continue,
-            Some(Value::Object(m)) => return Ok((key, m.clone())),
-            Some(_) => return Err(top.err(key, "expected a JSON object")),
+/// Why a JSON settings file did not parse.
+#[derive(Debug)]
+pub enum JsonError {
+    /// Not JSON at all (with line and column).
+    Syntax(serde_json::Error),
+    /// JSON, but a field (dotted path, `(top level)` for the document
+    /// itself) does not hold what it must.
+    Field { field: String, message: String },
+}
+
+impl std::fmt::Display for JsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Syntax(e) => write!(f, "{e}"),
+            Self::Field { field, message } => write!(f, "field `{field}`: {message}"),
         }
     }
-    Ok((name, Map::new()))
 }
 
-fn parse_text(f: &Fields<'_>) -> Result<ClipTextConfig, ModelError> {
-    let hidden_size = f.usize_or("hidden_size", 512)?;
-    let num_attention_heads = f.usize_or("num_attention_heads", 8)?;
-    f.check_heads(hidden_size, num_attention_heads)?;
-    let (eos_token_id, pooling) = f.eos_token_id(49407)?;
-    Ok(ClipTextConfig {
-        vocab_size: f.usize_or("vocab_size", 49408)?,
-        hidden_size,
-        intermediate_size: f.usize_or("intermediate_size", 2048)?,
-        num_attention_heads,
-        num_hidden_layers: f.usize_or("num_hidden_layers", 12)?,
-        max_position_embeddings: f.usize_or("max_position_embeddings", 77)?,
-        hidden_act: f.activation_or("hidden_act", Activation::QuickGelu)?,
-        layer_norm_eps: f.eps_or("layer_norm_eps", 1e-5)?,
-        eos_token_id,
-        pooling,
-    })
-}
-
-fn parse_vision(f: &Fields<'_>) -> Result<ClipVisionConfig, ModelError> {
-    let hidden_size = f.usize_or("hidden_size", 768)?;
-    let num_attention_heads = f.usize_or("num_attention_heads", 12)?;
-    f.check_heads(hidden_size, num_attention_heads)?;
-    let image_size = f.usize_or("image_size", 224)?;
-    let patch_size = f.usize_or("patch_size", 32)?;
-    if patch_size > image_size {
-        return Err(f.err(
-            "patch_size",
-            &format!("{patch_size} is larger than image_size {image_size}"),
-        ));
+/// Parses a JSON settings file, which must hold one object, into `T`,
+/// naming the field of any error.
+pub fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, JsonError> {
+    let value: Value = serde_json::from_str(text).map_err(JsonError::Syntax)?;
+    if !value.is_object() {
+        return Err(JsonError::Field {
+            field: "(top level)".into(),
+            message: "expected a JSON object".into(),
+        });
     }
-    Ok(ClipVisionConfig {
-        hidden_size,
-        intermediate_size: f.usize_or("intermediate_size", 3072)?,
-        num_attention_heads,
-        num_hidden_layers: f.usize_or("num_hidden_layers", 12)?,
-        num_channels: f.usize_or("num_channels", 3)?,
-        image_size,
-        patch_size,
-        hidden_act: f.activation_or("hidden_act", Activation::QuickGelu)?,
-        layer_norm_eps: f.eps_or("layer_norm_eps", 1e-5)?,
+    serde_path_to_error::deserialize(value).map_err(|e| JsonError::Field {
+        field: e.path().to_string(),
+        message: e.into_inner().to_string(),
     })
 }
 
-/// One JSON object of the config plus what is needed to name its fields.
-struct Fields<'a> {
-    path: &'a Path,
-    /// `""` for the top level, else the key of the sub-config.
-    section: &'a str,
-    map: &'a Map<String, Value>,
+/// `config.json` as written: every field optional (absent or null means
+/// transformers' default), unknown fields ignored.
+#[derive(Deserialize, Default)]
+struct RawClip {
+    projection_dim: Option<Positive>,
+    text_config: Option<RawText>,
+    text_config_dict: Option<RawText>,
+    vision_config: Option<RawVision>,
+    vision_config_dict: Option<RawVision>,
 }
 
-impl Fields<'_> {
-    fn qualified(&self, key: &str) -> String {
-        if self.section.is_empty() {
-            key.to_string()
+#[derive(Deserialize, Default)]
+struct RawText {
+    vocab_size: Option<Positive>,
+    hidden_size: Option<Positive>,
+    intermediate_size: Option<Positive>,
+    num_attention_heads: Option<Positive>,
+    num_hidden_layers: Option<Positive>,
+    max_position_embeddings: Option<Positive>,
+    hidden_act: Option<Activation>,
+    layer_norm_eps: Option<Eps>,
+    #[serde(default, deserialize_with = "eos_token_id")]
+    eos_token_id: Option<(u32, TextPooling)>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawVision {
+    hidden_size: Option<Positive>,
+    intermediate_size: Option<Positive>,
+    num_attention_heads: Option<Positive>,
+    num_hidden_layers: Option<Positive>,
+    num_channels: Option<Positive>,
+    image_size: Option<Positive>,
+    patch_size: Option<Positive>,
+    hidden_act: Option<Activation>,
+    layer_norm_eps: Option<Eps>,
+}
+
+/// A positive integer field.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(try_from = "u64")]
+struct Positive(usize);
+
+impl TryFrom<u64> for Positive {
+    type Error = String;
+    fn try_from(n: u64) -> Result<Self, String> {
+        match usize::try_from(n) {
+            Ok(n) if n > 0 => Ok(Self(n)),
+            _ => Err(format!("expected a positive integer, found {n}")),
+        }
+    }
+}
+
+/// A layer-norm epsilon: finite and not negative.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(try_from = "f64")]
+struct Eps(f64);
+
+impl TryFrom<f64> for Eps {
+    type Error = String;
+    fn try_from(x: f64) -> Result<Self, String> {
+        if x.is_finite() && x >= 0.0 {
+            Ok(Self(x))
         } else {
-            format!("{}.{key}", self.section)
+            Err(format!("expected a non-negative number, found {x}"))
         }
     }
+}
 
-    fn err(&self, key: &str, message: &str) -> ModelError {
-        ModelError::Config {
-            path: PathBuf::from(self.path),
-            field: self.qualified(key),
-            message: message.to_string(),
-        }
+fn or(field: Option<Positive>, default: usize) -> usize {
+    field.map_or(default, |p| p.0)
+}
+
+/// A field error of a sub-config: the key inside it and the message.
+type FieldError = (&'static str, String);
+
+fn check_heads(hidden_size: usize, heads: usize) -> Result<(), FieldError> {
+    if hidden_size.is_multiple_of(heads) {
+        Ok(())
+    } else {
+        Err((
+            "num_attention_heads",
+            format!("hidden_size {hidden_size} is not a multiple of {heads} heads"),
+        ))
     }
+}
 
-    /// The value of `key`, `None` when absent or null (transformers' `None`
-    /// would break the model, so null is read as "use the default").
-    fn get(&self, key: &str) -> Option<&Value> {
-        self.map.get(key).filter(|v| !v.is_null())
+impl RawText {
+    fn resolve(self) -> Result<ClipTextConfig, FieldError> {
+        let hidden_size = or(self.hidden_size, 512);
+        let num_attention_heads = or(self.num_attention_heads, 8);
+        check_heads(hidden_size, num_attention_heads)?;
+        let (eos_token_id, pooling) = self
+            .eos_token_id
+            .unwrap_or((49407, TextPooling::FirstToken(49407)));
+        Ok(ClipTextConfig {
+            vocab_size: or(self.vocab_size, 49408),
+            hidden_size,
+            intermediate_size: or(self.intermediate_size, 2048),
+            num_attention_heads,
+            num_hidden_layers: or(self.num_hidden_layers, 12),
+            max_position_embeddings: or(self.max_position_embeddings, 77),
+            hidden_act: self.hidden_act.unwrap_or(Activation::QuickGelu),
+            layer_norm_eps: self.layer_norm_eps.map_or(1e-5, |e| e.0),
+            eos_token_id,
+            pooling,
+        })
     }
+}
 
-    /// A positive integer field.
-    fn usize_or(&self, key: &str, default: usize) -> Result<usize, ModelError> {
-        let Some(v) = self.get(key) else {
-            return Ok(default);
-        };
-        match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
-            Some(n) if n > 0 => Ok(n),
-            _ => Err(self.err(key, &format!("expected a positive integer, found {v}"))),
-        }
-    }
-
-    fn eps_or(&self, key: &str, default: f64) -> Result<f64, ModelError> {
-        let Some(v) = self.get(key) else {
-            return Ok(default);
-        };
-        match v.as_f64() {
-            Some(x) if x.is_finite() && x >= 0.0 => Ok(x),
-            _ => Err(self.err(key, &format!("expected a non-negative number, found {v}"))),
-        }
-    }
-
-    fn activation_or(&self, key: &str, default: Activation) -> Result<Activation, ModelError> {
-        let Some(v) = self.get(key) else {
-            return Ok(default);
-        };
-        v.as_str()
-            .and_then(Activation::from_hf_name)
-            .ok_or_else(|| {
-                self.err(
-                    key,
-                    &format!(
-                        "unsupported activation {v} (supported: {})",
-                        Activation::SUPPORTED
-                    ),
-                )
-            })
-    }
-
-    fn check_heads(&self, hidden_size: usize, heads: usize) -> Result<(), ModelError> {
-        if !hidden_size.is_multiple_of(heads) {
-            return Err(self.err(
-                "num_attention_heads",
-                &format!("hidden_size {hidden_size} is not a multiple of {heads} heads"),
+impl RawVision {
+    fn resolve(self) -> Result<ClipVisionConfig, FieldError> {
+        let hidden_size = or(self.hidden_size, 768);
+        let num_attention_heads = or(self.num_attention_heads, 12);
+        check_heads(hidden_size, num_attention_heads)?;
+        let image_size = or(self.image_size, 224);
+        let patch_size = or(self.patch_size, 32);
+        if patch_size > image_size {
+            return Err((
+                "patch_size",
+                format!("{patch_size} is larger than image_size {image_size}"),
             ));
         }
-        Ok(())
+        Ok(ClipVisionConfig {
+            hidden_size,
+            intermediate_size: or(self.intermediate_size, 3072),
+            num_attention_heads,
+            num_hidden_layers: or(self.num_hidden_layers, 12),
+            num_channels: or(self.num_channels, 3),
+            image_size,
+            patch_size,
+            hidden_act: self.hidden_act.unwrap_or(Activation::QuickGelu),
+            layer_norm_eps: self.layer_norm_eps.map_or(1e-5, |e| e.0),
+        })
     }
+}
 
-    /// `eos_token_id` and the pooling transformers derives from it: only the
-    /// integer 2 selects the legacy argmax rule. A one-element list (allowed
-    /// by the config class) compares like its element in torch's `==`, but
-    /// never equals the integer 2, hence never legacy.
-    fn eos_token_id(&self, default: u32) -> Result<(u32, TextPooling), ModelError> {
-        let key = "eos_token_id";
-        let Some(v) = self.get(key) else {
-            return Ok((default, TextPooling::FirstToken(default)));
-        };
-        let as_u32 = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
-        match v {
-            Value::Array(items) if items.len() == 1 => match as_u32(&items[0]) {
-                Some(id) => Ok((id, TextPooling::FirstToken(id))),
-                None => Err(self.err(key, &format!("expected a token id, found {v}"))),
-            },
-            _ => match as_u32(v) {
-                Some(2) => Ok((2, TextPooling::ArgmaxId)),
-                Some(id) => Ok((id, TextPooling::FirstToken(id))),
-                None => Err(self.err(key, &format!("expected a single token id, found {v}"))),
-            },
-        }
-    }
+/// `eos_token_id` and the pooling transformers derives from it: only the
+/// integer 2 selects the legacy argmax rule. A one-element list (allowed by
+/// the config class) compares like its element in torch's `==`, but never
+/// equals the integer 2, hence never legacy.
+fn eos_token_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(u32, TextPooling)>, D::Error> {
+    use serde::de::Error;
+    let as_u32 = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    let Some(v) = Option::<Value>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let id = match &v {
+        Value::Array(items) if items.len() == 1 => as_u32(&items[0])
+            .map(|id| (id, TextPooling::FirstToken(id)))
+            .ok_or_else(|| D::Error::custom(format!("expected a token id, found {v}")))?,
+        _ => match as_u32(&v) {
+            Some(2) => (2, TextPooling::ArgmaxId),
+            Some(id) => (id, TextPooling::FirstToken(id)),
+            None => {
+                return Err(D::Error::custom(format!(
+                    "expected a single token id, found {v}"
+                )))
+            }
+        },
+    };
+    Ok(Some(id))
 }
 
 #[cfg(test)]
@@ -437,8 +459,30 @@ mod tests {
             .to_string();
         assert!(e.contains("projection_dim"), "{e}");
 
-        let e = parse("not json").unwrap_err().to_string();
-        assert!(e.contains("/m/config.json"), "{e}");
+        let e = parse(r#"{"vision_config": {"patch_size": 0}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vision_config.patch_size") && e.contains("positive"),
+            "{e}"
+        );
+
+        let e = parse(r#"{"text_config_dict": {"layer_norm_eps": -1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("text_config_dict.layer_norm_eps"), "{e}");
+
+        let e = parse(r#"{"text_config": 3}"#).unwrap_err().to_string();
+        assert!(e.contains("text_config"), "{e}");
+
+        let e = parse("[]").unwrap_err().to_string();
+        assert!(e.contains("(top level)"), "{e}");
+
+        for bad in ["not json", "{} {}"] {
+            let e = parse(bad).unwrap_err();
+            assert!(matches!(e, ModelError::ConfigJson { .. }), "{bad}: {e:?}");
+            assert!(e.to_string().contains("/m/config.json"), "{e}");
+        }
     }
 
     #[test]

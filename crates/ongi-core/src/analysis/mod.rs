@@ -62,7 +62,7 @@ impl AnalysisConfig {
     pub fn from_file(path: &Path) -> Result<Self, AnalysisError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| AnalysisError::Config(format!("{}: {e}", path.display())))?;
-        serde_json::from_str(&text)
+        ongi_model::config::from_json(&text)
             .map_err(|e| AnalysisError::Config(format!("{}: {e}", path.display())))
     }
 }
@@ -327,6 +327,22 @@ impl Analyzer {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn config_file_errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("analysis.json");
+        std::fs::write(&path, r#"{"quality": {"laplacian_threshold": "x"}}"#).unwrap();
+        let err = AnalysisConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("analysis.json"), "{err}");
+        assert!(err.contains("field `quality.laplacian_threshold`"), "{err}");
+        std::fs::write(&path, r#"{"quality": null, "duplicates": {}}"#).unwrap();
+        assert_eq!(
+            AnalysisConfig::from_file(&path).unwrap(),
+            AnalysisConfig::default()
+        );
+    }
+
     use super::*;
 
     fn record(embedding: Vec<f32>) -> FeatureRecord {

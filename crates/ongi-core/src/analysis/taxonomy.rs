@@ -174,8 +174,10 @@ impl Taxonomy {
             origin: origin.to_owned(),
             reason,
         };
-        // serde_json's message carries the line and column of the fault.
-        let doc: Document = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        // The message names the faulty field, or the line and column of a
+        // syntax error.
+        let doc: Document =
+            ongi_model::config::from_json(text).map_err(|e| invalid(e.to_string()))?;
         if doc.version != SUPPORTED_VERSION {
             return Err(invalid(format!(
                 "version {} is not supported (expected {SUPPORTED_VERSION})",
@@ -582,6 +584,15 @@ mod tests {
             "",
         ));
         assert!(reason.contains("promts"), "{reason}");
+        // The faulty field is named by its path.
+        let reason = invalid_reason(&doc(
+            r#"{"id": "food", "name": "음식", "prompts": [3]}"#,
+            "",
+        ));
+        assert!(
+            reason.contains("field `categories[0].prompts[0]`"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! `preprocessor_config.json`: the CLIP image processor settings of a model directory.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use ongi_model::config::{from_json, JsonError};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
 use super::PreprocessError;
 
@@ -142,15 +145,15 @@ impl PreprocessConfig {
     /// Parses the JSON text of a `preprocessor_config.json`; `path` only names the
     /// source in error messages.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self, PreprocessError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|source| PreprocessError::ConfigJson {
+        let raw: RawPreprocess = from_json(text).map_err(|e| match e {
+            JsonError::Syntax(source) => PreprocessError::ConfigJson {
                 path: path.to_path_buf(),
                 source,
-            })?;
-        let Value::Object(obj) = value else {
-            return Err(field_error(path, "(top level)", "expected a JSON object"));
-        };
-        Parser { path, obj: &obj }.parse()
+            },
+            JsonError::Field { field, message } => field_error(path, &field, message),
+        })?;
+        raw.resolve()
+            .map_err(|(field, reason)| field_error(path, field, reason))
     }
 
     /// Length of the output of [`super::preprocess`] when `do_center_crop` is set.
@@ -167,188 +170,204 @@ fn field_error(path: &Path, field: &str, reason: impl Into<String>) -> Preproces
     }
 }
 
-/// Field-by-field reader that knows which file it reads, for error messages.
-struct Parser<'a> {
-    path: &'a Path,
-    obj: &'a Map<String, Value>,
+/// `preprocessor_config.json` as written: every key optional (absent or
+/// null keeps the CLIP default, as transformers falls back to the class
+/// default), keys that do not change the computation ignored.
+#[derive(Deserialize)]
+struct RawPreprocess {
+    #[serde(default, deserialize_with = "shortest_edge")]
+    size: Option<u32>,
+    default_to_square: Option<bool>,
+    #[serde(default, deserialize_with = "crop_size")]
+    crop_size: Option<(u32, u32)>,
+    do_resize: Option<bool>,
+    do_center_crop: Option<bool>,
+    do_rescale: Option<bool>,
+    rescale_factor: Option<Finite>,
+    do_normalize: Option<bool>,
+    #[serde(default, deserialize_with = "per_channel")]
+    image_mean: Option<[f32; 3]>,
+    #[serde(default, deserialize_with = "per_channel")]
+    image_std: Option<[f32; 3]>,
+    resample: Option<u64>,
 }
 
-impl<'a> Parser<'a> {
-    fn err(&self, field: &str, reason: impl Into<String>) -> PreprocessError {
-        field_error(self.path, field, reason)
-    }
+/// A finite number.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(try_from = "f64")]
+struct Finite(f64);
 
-    /// The value of `key`, treating JSON `null` like an absent key (transformers
-    /// then falls back to the class default, as we do).
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.obj.get(key).filter(|v| !v.is_null())
-    }
-
-    fn bool(&self, key: &str, default: bool) -> Result<bool, PreprocessError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(self.err(key, format!("expected true or false, got {other}"))),
+impl TryFrom<f64> for Finite {
+    type Error = String;
+    fn try_from(x: f64) -> Result<Self, String> {
+        if x.is_finite() {
+            Ok(Self(x))
+        } else {
+            Err(format!("expected a finite number, got {x}"))
         }
     }
+}
 
-    fn f64(&self, key: &str, v: &Value) -> Result<f64, PreprocessError> {
-        v.as_f64()
-            .filter(|x| x.is_finite())
-            .ok_or_else(|| self.err(key, format!("expected a number, got {v}")))
-    }
+/// A size in pixels: a positive integer (JSON `224` or `224.0`), at most MAX_EDGE.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(try_from = "f64")]
+struct Edge(u32);
 
-    /// A size in pixels: a positive integer (JSON `224` or `224.0`), at most MAX_EDGE.
-    fn edge(&self, field: &str, v: &Value) -> Result<u32, PreprocessError> {
-        let n = v
-            .as_u64()
-            .or_else(|| {
-                v.as_f64()
-                    .filter(|x| x.fract() == 0.0 && *x >= 0.0)
-                    .map(|x| x as u64)
-            })
-            .ok_or_else(|| self.err(field, format!("expected a positive integer, got {v}")))?;
-        if n == 0 || n > MAX_EDGE {
-            return Err(self.err(field, format!("{n} is out of range 1..={MAX_EDGE}")));
+impl TryFrom<f64> for Edge {
+    type Error = String;
+    fn try_from(x: f64) -> Result<Self, String> {
+        if x.fract() != 0.0 || x < 0.0 {
+            return Err(format!("expected a positive integer, got {x}"));
         }
-        Ok(n as u32)
+        if x < 1.0 || x > MAX_EDGE as f64 {
+            return Err(format!("{x} is out of range 1..={MAX_EDGE}"));
+        }
+        Ok(Self(x as u32))
     }
+}
 
-    /// Three per-channel values, or one number applied to all channels.
-    fn triple(&self, key: &str, default: [f32; 3]) -> Result<[f32; 3], PreprocessError> {
-        let Some(v) = self.get(key) else {
-            return Ok(default);
-        };
-        // Parse as f64 and narrow: that is what numpy does with the Python floats
-        // (`np.array(mean, dtype=float32)`), so the f32 values match exactly.
-        match v {
-            Value::Array(items) if items.len() == 3 => {
-                let mut out = [0f32; 3];
-                for (o, item) in out.iter_mut().zip(items) {
-                    *o = self.f64(key, item)? as f32;
-                }
-                Ok(out)
+/// `size`: the shortest edge as `N`, `[N]` (old configs) or
+/// `{"shortest_edge": N}`; other dict forms (`height`/`width`,
+/// `longest_edge`) resize differently and are refused.
+fn shortest_edge<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Edge(Edge),
+        List([Edge; 1]),
+        Dict(BTreeMap<String, Edge>),
+        Other(serde_json::Value),
+    }
+    let Some(form) = Option::<Form>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let edge = match form {
+        Form::Edge(e) | Form::List([e]) => e,
+        Form::Dict(map) => match map.iter().find(|(k, _)| k.as_str() != "shortest_edge") {
+            Some((unknown, _)) => {
+                return Err(D::Error::custom(format!(
+                    "`{unknown}`: only {{\"shortest_edge\": N}} is supported (resize the shorter \
+                     side, keep the aspect ratio)"
+                )))
             }
-            Value::Array(items) => Err(self.err(
-                key,
-                format!("expected 3 values (R, G, B), got {}", items.len()),
-            )),
-            Value::Number(_) => Ok([self.f64(key, v)? as f32; 3]),
-            other => Err(self.err(key, format!("expected a list of 3 numbers, got {other}"))),
-        }
-    }
+            None => *map
+                .get("shortest_edge")
+                .ok_or_else(|| D::Error::custom("missing \"shortest_edge\""))?,
+        },
+        Form::Other(v) => return Err(edge_error(&v, "an integer or {\"shortest_edge\": N}")),
+    };
+    Ok(Some(edge.0))
+}
 
-    fn shortest_edge(&self) -> Result<u32, PreprocessError> {
-        let Some(v) = self.get("size") else {
-            return Ok(224);
-        };
-        if self.get("default_to_square") == Some(&Value::Bool(true)) {
-            return Err(self.err(
+/// `crop_size`: `N` or `{"height": H, "width": W}`.
+fn crop_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(u32, u32)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Dict {
+        height: Edge,
+        width: Edge,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Edge(Edge),
+        Dict(Dict),
+        Other(serde_json::Value),
+    }
+    match Option::<Form>::deserialize(d)? {
+        None => Ok(None),
+        Some(Form::Edge(e)) => Ok(Some((e.0, e.0))),
+        Some(Form::Dict(Dict { height, width })) => Ok(Some((height.0, width.0))),
+        Some(Form::Other(v)) => Err(edge_error(
+            &v,
+            "an integer or {\"height\": H, \"width\": W}",
+        )),
+    }
+}
+
+/// Why an edge-or-dict value is refused: an out-of-range or fractional size
+/// says so, anything else names the forms accepted.
+fn edge_error<E: serde::de::Error>(v: &serde_json::Value, forms: &str) -> E {
+    let as_edge = |v: &serde_json::Value| v.as_f64().map(Edge::try_from);
+    let single = match v {
+        serde_json::Value::Array(items) if items.len() == 1 => as_edge(&items[0]),
+        _ => as_edge(v),
+    };
+    match single {
+        Some(Err(reason)) => E::custom(reason),
+        _ => E::custom(format!("expected {forms}, got {v}")),
+    }
+}
+
+/// Three per-channel values, or one number applied to all channels. Parsed
+/// as f64 and narrowed: that is what numpy does with the Python floats
+/// (`np.array(mean, dtype=float32)`), so the f32 values match exactly.
+fn per_channel<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[f32; 3]>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(Finite),
+        List(Vec<Finite>),
+        Other(serde_json::Value),
+    }
+    match Option::<Form>::deserialize(d)? {
+        None => Ok(None),
+        Some(Form::One(x)) => Ok(Some([x.0 as f32; 3])),
+        Some(Form::List(items)) => match items[..] {
+            [r, g, b] => Ok(Some([r.0 as f32, g.0 as f32, b.0 as f32])),
+            _ => Err(D::Error::custom(format!(
+                "expected 3 values (R, G, B), got {}",
+                items.len()
+            ))),
+        },
+        Some(Form::Other(v)) => Err(D::Error::custom(format!(
+            "expected a list of 3 numbers, got {v}"
+        ))),
+    }
+}
+
+impl RawPreprocess {
+    fn resolve(self) -> Result<PreprocessConfig, (&'static str, String)> {
+        let defaults = PreprocessConfig::default();
+        if self.size.is_some() && self.default_to_square == Some(true) {
+            return Err((
                 "default_to_square",
-                "true (resize to a square) is not supported; CLIP resizes the shortest edge",
+                "true (resize to a square) is not supported; CLIP resizes the shortest edge".into(),
             ));
         }
-        match v {
-            Value::Number(_) => self.edge("size", v),
-            // Old configs store the shortest edge as a one-element list.
-            Value::Array(items) if items.len() == 1 => self.edge("size", &items[0]),
-            Value::Object(map) => {
-                if let Some(unknown) = map.keys().find(|k| k.as_str() != "shortest_edge") {
-                    return Err(self.err(
-                        &format!("size.{unknown}"),
-                        "only {\"shortest_edge\": N} is supported (resize the shorter side, keep the aspect ratio)",
-                    ));
-                }
-                match map.get("shortest_edge") {
-                    Some(se) => self.edge("size.shortest_edge", se),
-                    None => Err(self.err("size", "missing \"shortest_edge\"")),
-                }
-            }
-            other => Err(self.err(
-                "size",
-                format!("expected an integer or {{\"shortest_edge\": N}}, got {other}"),
-            )),
-        }
-    }
-
-    fn crop_size(&self) -> Result<(u32, u32), PreprocessError> {
-        let Some(v) = self.get("crop_size") else {
-            return Ok((224, 224));
-        };
-        match v {
-            Value::Number(_) => {
-                let n = self.edge("crop_size", v)?;
-                Ok((n, n))
-            }
-            Value::Object(map) => {
-                if let Some(unknown) = map
-                    .keys()
-                    .find(|k| !matches!(k.as_str(), "height" | "width"))
-                {
-                    return Err(self.err(
-                        &format!("crop_size.{unknown}"),
-                        "unknown key; expected {\"height\": H, \"width\": W}",
-                    ));
-                }
-                let h = map
-                    .get("height")
-                    .ok_or_else(|| self.err("crop_size", "missing \"height\""))?;
-                let w = map
-                    .get("width")
-                    .ok_or_else(|| self.err("crop_size", "missing \"width\""))?;
-                Ok((
-                    self.edge("crop_size.height", h)?,
-                    self.edge("crop_size.width", w)?,
-                ))
-            }
-            other => Err(self.err(
-                "crop_size",
-                format!("expected an integer or {{\"height\": H, \"width\": W}}, got {other}"),
-            )),
-        }
-    }
-
-    fn resample(&self) -> Result<Resample, PreprocessError> {
-        let Some(v) = self.get("resample") else {
-            return Ok(Resample::Bicubic);
-        };
-        let code = v
-            .as_u64()
-            .ok_or_else(|| self.err("resample", format!("expected a PIL filter code, got {v}")))?;
-        Resample::from_pil_code(code).ok_or_else(|| {
-            self.err(
-                "resample",
-                format!(
-                    "PIL filter {code} is not supported (supported: 1 lanczos, 2 bilinear, \
-                     3 bicubic, 4 box, 5 hamming)"
-                ),
-            )
-        })
-    }
-
-    fn parse(&self) -> Result<PreprocessConfig, PreprocessError> {
-        let defaults = PreprocessConfig::default();
-        let rescale_factor = match self.get("rescale_factor") {
-            None => defaults.rescale_factor,
-            Some(v) => self.f64("rescale_factor", v)? as f32,
-        };
-        let (crop_height, crop_width) = self.crop_size()?;
-        let image_std = self.triple("image_std", defaults.image_std)?;
+        let image_std = self.image_std.unwrap_or(defaults.image_std);
         if image_std.contains(&0.0) {
-            return Err(self.err("image_std", "must not contain 0"));
+            return Err(("image_std", "must not contain 0".into()));
         }
+        let resample = match self.resample {
+            None => defaults.resample,
+            Some(code) => Resample::from_pil_code(code).ok_or_else(|| {
+                (
+                    "resample",
+                    format!(
+                        "PIL filter {code} is not supported (supported: 1 lanczos, 2 bilinear, \
+                         3 bicubic, 4 box, 5 hamming)"
+                    ),
+                )
+            })?,
+        };
+        let (crop_height, crop_width) = self
+            .crop_size
+            .unwrap_or((defaults.crop_height, defaults.crop_width));
         Ok(PreprocessConfig {
-            shortest_edge: self.shortest_edge()?,
+            shortest_edge: self.size.unwrap_or(defaults.shortest_edge),
             crop_height,
             crop_width,
-            do_resize: self.bool("do_resize", defaults.do_resize)?,
-            do_center_crop: self.bool("do_center_crop", defaults.do_center_crop)?,
-            do_rescale: self.bool("do_rescale", defaults.do_rescale)?,
-            rescale_factor,
-            do_normalize: self.bool("do_normalize", defaults.do_normalize)?,
-            image_mean: self.triple("image_mean", defaults.image_mean)?,
+            do_resize: self.do_resize.unwrap_or(defaults.do_resize),
+            do_center_crop: self.do_center_crop.unwrap_or(defaults.do_center_crop),
+            do_rescale: self.do_rescale.unwrap_or(defaults.do_rescale),
+            rescale_factor: self
+                .rescale_factor
+                .map_or(defaults.rescale_factor, |f| f.0 as f32),
+            do_normalize: self.do_normalize.unwrap_or(defaults.do_normalize),
+            image_mean: self.image_mean.unwrap_or(defaults.image_mean),
             image_std,
-            resample: self.resample()?,
+            resample,
         })
     }
 }
@@ -412,16 +431,24 @@ mod tests {
             field_of(parse(r#"{"resample": "bicubic"}"#).unwrap_err()),
             "resample"
         );
-        assert_eq!(
-            field_of(parse(r#"{"size": {"height": 224, "width": 224}}"#).unwrap_err()),
-            "size.height"
-        );
-        assert_eq!(
-            field_of(
-                parse(r#"{"size": {"shortest_edge": 224, "longest_edge": 500}}"#).unwrap_err()
+        // Other dict forms: the field is `size`, the message names the key.
+        for (json, key) in [
+            (r#"{"size": {"height": 224, "width": 224}}"#, "`height`"),
+            (
+                r#"{"size": {"shortest_edge": 224, "longest_edge": 500}}"#,
+                "`longest_edge`",
             ),
-            "size.longest_edge"
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+            assert_eq!(field_of(err), "size");
+        }
+        assert_eq!(
+            field_of(parse(r#"{"crop_size": {"height": 224, "depth": 3}}"#).unwrap_err()),
+            "crop_size"
         );
+        let msg = parse(r#"{"size": 9000}"#).unwrap_err().to_string();
+        assert!(msg.contains("out of range"), "{msg}");
         assert_eq!(field_of(parse(r#"{"size": 0}"#).unwrap_err()), "size");
         assert_eq!(field_of(parse(r#"{"size": 22.5}"#).unwrap_err()), "size");
         assert_eq!(
