@@ -13,13 +13,6 @@ use anyhow::{bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
-/// Files a CLIP model directory must hold.
-const REQUIRED: [&str; 4] = [
-    "config.json",
-    "preprocessor_config.json",
-    "tokenizer.json",
-    ongi_model::clip::WEIGHTS_FILE,
-];
 /// Files fetched when the repository has them.
 const OPTIONAL: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
 
@@ -97,7 +90,7 @@ pub fn resolve(spec: &Path) -> Result<PathBuf> {
 fn from_cache(cache: &Cache, model: &HubModel) -> Result<PathBuf> {
     let repo = cache.repo(model.repo());
     let mut dir = None;
-    for file in REQUIRED {
+    for file in ongi_model::ModelDir::FILES {
         let path = repo.get(file).with_context(|| {
             format!(
                 "model {}@{} is not in the Hugging Face cache at {} ({file} missing) and \
@@ -141,7 +134,7 @@ fn fetch(cache: Cache, model: &HubModel) -> Result<PathBuf> {
         }
     };
     let mut dir = None;
-    for file in REQUIRED {
+    for file in ongi_model::ModelDir::FILES {
         let path = repo.get(file).map_err(|e| describe(file, e))?;
         dir = path.parent().map(Path::to_path_buf);
     }

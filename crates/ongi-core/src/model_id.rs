@@ -21,8 +21,9 @@ const SAMPLES: u64 = 32;
 /// samples yet differ elsewhere are not a practical concern.
 pub fn model_identity(dir: &Path) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
-    hasher.update(std::fs::read(dir.join("config.json"))?);
-    let mut file = File::open(dir.join("model.safetensors"))?;
+    let dir = ongi_model::ModelDir::new(dir);
+    hasher.update(std::fs::read(dir.config())?);
+    let mut file = File::open(dir.weights())?;
     let len = file.metadata()?.len();
     hasher.update(len.to_le_bytes());
     let mut head = [0u8; 8];

@@ -24,9 +24,7 @@ use std::path::PathBuf;
 
 use image::RgbImage;
 
-pub use config::{
-    PreprocessConfig, Resample, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PREPROCESSOR_CONFIG_FILE,
-};
+pub use config::{PreprocessConfig, Resample, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 pub use decode::{
     decode_image, decode_image_scaled, decode_image_with_limit, scale_denom_for, DecodeMode,
     DecodedImage, MinDecodeSize, DEFAULT_MAX_PIXELS, FAST_SAFETY_FACTOR,

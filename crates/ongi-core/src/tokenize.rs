@@ -14,9 +14,6 @@ use tokenizers::{
     PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
-/// File name of the tokenizer inside a model directory.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-
 /// CLIP's context length (text positions of every released checkpoint).
 pub const DEFAULT_CONTEXT_LENGTH: usize = 77;
 
@@ -71,7 +68,10 @@ pub struct ClipTokenizer {
 impl ClipTokenizer {
     /// Loads `dir/tokenizer.json` with the default context length (77).
     pub fn from_model_dir(dir: &Path) -> Result<Self, TokenizeError> {
-        Self::from_file(&dir.join(TOKENIZER_FILE), DEFAULT_CONTEXT_LENGTH)
+        Self::from_file(
+            &ongi_model::ModelDir::new(dir).tokenizer(),
+            DEFAULT_CONTEXT_LENGTH,
+        )
     }
 
     /// Loads a `tokenizer.json`; encodings are truncated to `context_length`

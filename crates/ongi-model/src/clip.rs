@@ -22,9 +22,6 @@ use crate::precision::Precision;
 use crate::team::Team;
 use crate::weights::SafetensorsFile;
 
-/// File name of the weights inside a model directory.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-
 /// How a dense layer's weight is held.
 #[derive(Debug, Clone)]
 pub(crate) enum LinearWeight {
@@ -286,7 +283,7 @@ impl ClipModel {
             }
         };
         let config = ClipConfig::from_model_dir(dir)?;
-        let mut file = SafetensorsFile::open(&dir.join(WEIGHTS_FILE))?;
+        let mut file = SafetensorsFile::open(&crate::ModelDir::new(dir).weights())?;
         let mut w = Loader {
             file: &mut file,
             dtype,

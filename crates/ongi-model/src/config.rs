@@ -13,9 +13,6 @@ use serde_json::Value;
 
 use crate::error::ModelError;
 
-/// File name of the configuration inside a model directory.
-pub const CONFIG_FILE: &str = "config.json";
-
 /// Activation function of the MLP blocks (`hidden_act`), by its transformers name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Activation {
@@ -119,7 +116,7 @@ pub struct ClipConfig {
 impl ClipConfig {
     /// Reads `dir/config.json`.
     pub fn from_model_dir(dir: &Path) -> Result<Self, ModelError> {
-        Self::from_file(&dir.join(CONFIG_FILE))
+        Self::from_file(&crate::ModelDir::new(dir).config())
     }
 
     /// Reads a `config.json` at an explicit path.

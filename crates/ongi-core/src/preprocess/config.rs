@@ -4,13 +4,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ongi_model::config::{from_json, JsonError};
+use ongi_model::ModelDir;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use super::PreprocessError;
-
-/// File name of the image processor settings inside a Hugging Face model directory.
-pub const PREPROCESSOR_CONFIG_FILE: &str = "preprocessor_config.json";
 
 /// Largest size (pixels) accepted for `shortest_edge` and the crop: far above any
 /// CLIP variant, low enough that a typo cannot make us allocate gigabytes per image.
@@ -128,13 +126,14 @@ impl PreprocessConfig {
 
     /// Reads `dir/preprocessor_config.json` if it exists, else returns the defaults.
     pub fn from_model_dir(dir: &Path) -> Result<Self, PreprocessError> {
-        let path = dir.join(PREPROCESSOR_CONFIG_FILE);
+        let path = ongi_model::ModelDir::new(dir).preprocessor_config();
         match std::fs::read_to_string(&path) {
             Ok(text) => Self::from_json_str(&text, &path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::debug!(
                     dir = %dir.display(),
-                    "no {PREPROCESSOR_CONFIG_FILE}; using CLIP defaults"
+                    "no {}; using CLIP defaults",
+                    ModelDir::PREPROCESSOR_CONFIG
                 );
                 Ok(Self::default())
             }
@@ -490,7 +489,7 @@ mod tests {
             PreprocessConfig::from_model_dir(&dir).unwrap(),
             PreprocessConfig::default()
         );
-        let path = dir.join(PREPROCESSOR_CONFIG_FILE);
+        let path = ModelDir::new(&dir).preprocessor_config();
         std::fs::write(&path, r#"{"size": {"shortest_edge": 64}, "crop_size": 64}"#).unwrap();
         let cfg = PreprocessConfig::from_model_dir(&dir).unwrap();
         assert_eq!(
@@ -502,7 +501,10 @@ mod tests {
         std::fs::write(&path, "{not json").unwrap();
         let err = PreprocessConfig::from_file(&path).unwrap_err();
         assert!(matches!(err, PreprocessError::ConfigJson { .. }), "{err:?}");
-        assert!(err.to_string().contains(PREPROCESSOR_CONFIG_FILE), "{err}");
+        assert!(
+            err.to_string().contains(ModelDir::PREPROCESSOR_CONFIG),
+            "{err}"
+        );
 
         let missing = dir.join("nope.json");
         let err = PreprocessConfig::from_file(&missing).unwrap_err();
