@@ -90,8 +90,9 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
     let thumbnails = args.html.is_some().then_some(THUMBNAIL_SIDE);
     let report = pipeline::runtime()?.block_on(async {
         let run_started = Instant::now();
-        let pipeline =
-            pipeline::build(&args.pipeline, &args.analysis, images, compute, thumbnails).await?;
+        let options = args.pipeline.options(images, &compute, thumbnails)?;
+        let pipeline = pipeline::open(&args.pipeline.model, options, &compute).await?;
+        let analyzer = pipeline.analyzer(&args.analysis.options()).await?;
         let mut timings = vec![("load model, open store".to_string(), run_started.elapsed())];
         let progress = crate::progress::bar(keys.len() as u64, "photos");
         let mut failed: Vec<(String, String)> = Vec::new();
@@ -120,7 +121,7 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
             "embedded (stage times summed over photos)"
         );
         timings.extend(stages.rows());
-        let analyzer = &pipeline.analyzer;
+        let analyzer = &analyzer;
         if let Some(query) = query {
             let embedding = pipeline.texts.query(query).await?;
             let top_k = usize::try_from(args.top_k).unwrap_or(usize::MAX);

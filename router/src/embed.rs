@@ -1,21 +1,23 @@
 //! `ongi embed`: embeds image files or strings and prints one JSON object per line.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
-use ongi_core::encoder::ClipImageEncoder;
-use ongi_core::preprocess::{self, DecodeMode, PreprocessConfig};
+use ongi_core::batcher::BatcherConfig;
+use ongi_core::features::FeatureRecord;
+use ongi_core::pipeline::PipelineOptions;
+use ongi_core::source::SourceLimits;
+use ongi_core::store::MEMORY_SPEC;
 use ongi_core::tokenize::ClipTokenizer;
 use ongi_model::clip::ClipModel;
-use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::compute::ComputeArgs;
+use crate::compute::{Compute, ComputeArgs};
 use crate::inputs::{self, Input};
 use crate::pipeline::DecodeArgs;
 
@@ -40,6 +42,10 @@ pub struct EmbedArgs {
     /// Treat the inputs as strings to embed with the text tower.
     #[arg(long)]
     pub text: bool,
+    /// Face models (as `ongi serve --face-model`): each image's line also
+    /// lists its faces (score, box, descriptor).
+    #[arg(long, env = "ONGI_FACE_MODEL")]
+    pub face_model: Option<PathBuf>,
     #[command(flatten)]
     pub decode: DecodeArgs,
     #[command(flatten)]
@@ -56,6 +62,9 @@ enum Line<'a> {
     Ok {
         input: &'a str,
         embedding: &'a [f32],
+        /// With `--face-model`: the faces found, best first.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        faces: Option<Vec<Face<'a>>>,
     },
     Err {
         input: &'a str,
@@ -69,18 +78,11 @@ pub fn run(args: EmbedArgs) -> Result<ExitCode> {
         bail!("--batch-size must be at least 1");
     }
     let compute = args.compute.resolve()?;
-    let precision = compute.describe_precision();
-    tracing::info!(precision = %precision, "loading the model");
-    let model = Arc::new(
-        ClipModel::load(&args.model, &compute.device, compute.precision)
-            .with_context(|| format!("loading the model from {}", args.model.display()))?,
-    );
     let mut out = std::io::stdout().lock();
     let failures = if args.text {
-        embed_texts(&args, &model, &mut out)?
+        embed_texts(&args, &compute, &mut out)?
     } else {
-        let workers = args.decode_workers.unwrap_or(compute.threads).max(1);
-        embed_images(&args, &model, workers, &mut out)?
+        embed_images(&args, &compute, &mut out)?
     };
     out.flush()?;
     Ok(if failures == 0 {
@@ -88,6 +90,17 @@ pub fn run(args: EmbedArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A face of an image's line.
+#[derive(Serialize)]
+struct Face<'a> {
+    score: f32,
+    /// `[x1, y1, x2, y2]` in pixels of the upright, full-size photo.
+    #[serde(rename = "box")]
+    bbox: [i32; 4],
+    /// The face descriptor (128 values, not normalised).
+    descriptor: &'a [f32],
 }
 
 fn write_line(out: &mut impl Write, line: &Line<'_>) -> Result<()> {
@@ -111,6 +124,7 @@ fn write_embedding(
         &Line::Ok {
             input: name,
             embedding: &row,
+            faces: None,
         },
     )
 }
@@ -122,7 +136,10 @@ fn l2_normalize(v: &mut [f32]) {
     }
 }
 
-fn embed_texts(args: &EmbedArgs, model: &ClipModel, out: &mut impl Write) -> Result<usize> {
+fn embed_texts(args: &EmbedArgs, compute: &Compute, out: &mut impl Write) -> Result<usize> {
+    tracing::info!(precision = %compute.describe_precision(), "loading the model");
+    let model = ClipModel::load(&args.model, &compute.device, compute.precision)
+        .with_context(|| format!("loading the model from {}", args.model.display()))?;
     let tokenizer = ClipTokenizer::from_model_dir(&args.model)?;
     for chunk in args.inputs.chunks(args.batch_size) {
         let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
@@ -136,119 +153,120 @@ fn embed_texts(args: &EmbedArgs, model: &ClipModel, out: &mut impl Write) -> Res
     Ok(0)
 }
 
-/// A preprocessed batch travelling from the decode thread to the model.
-struct DecodedBatch {
-    names: Vec<String>,
-    pixels: Vec<Result<Vec<f32>, String>>,
-}
+/// Photos sent through the pipeline per step: well within its queue, and
+/// the progress bar moves per step.
+const STEP: usize = 256;
 
-fn embed_images(
-    args: &EmbedArgs,
-    model: &Arc<ClipModel>,
-    workers: usize,
-    out: &mut impl Write,
-) -> Result<usize> {
-    let cfg = PreprocessConfig::from_model_dir(&args.model)?;
-    let size = model.image_size();
-    if cfg.crop_height as usize != size || cfg.crop_width as usize != size {
-        bail!(
-            "preprocessor_config.json crops to {}x{} but the model's vision_config.image_size is {size}",
-            cfg.crop_width,
-            cfg.crop_height
-        );
-    }
+/// Embeds the image inputs through the same pipeline as `ongi serve`
+/// (decode workers, batcher, face models), over the whole file system as
+/// its image root and a store in memory: the files named are the user's
+/// own, and may change between runs.
+fn embed_images(args: &EmbedArgs, compute: &Compute, out: &mut impl Write) -> Result<usize> {
     let paths: Vec<PathBuf> = args.inputs.iter().map(PathBuf::from).collect();
-    let inputs = inputs::expand(&paths);
+    let inputs: Vec<(String, Result<String, String>)> = inputs::expand(&paths)
+        .into_iter()
+        .map(|input| match input {
+            Input::Error(path, err) => (path.display().to_string(), Err(err)),
+            Input::File(path) => (path.display().to_string(), root_key(&path)),
+        })
+        .collect();
+    let options = PipelineOptions {
+        decode_workers: args.decode_workers.unwrap_or(compute.threads).max(1),
+        decode_mode: args.decode.mode,
+        batcher: BatcherConfig {
+            max_batch_size: args.batch_size,
+            max_wait: Duration::from_millis(5),
+            queue_capacity: 4 * STEP,
+        },
+        // Hard links are refused in a server's image root because they can
+        // name files outside it; here every file is the user's own choice.
+        source_limits: SourceLimits {
+            allow_hard_links: true,
+            ..SourceLimits::default()
+        },
+        face_model: args.face_model.clone(),
+        ..PipelineOptions::new("/", MEMORY_SPEC, compute.device.clone(), compute.precision)
+    };
     let progress = crate::progress::bar(inputs.len() as u64, "images");
-    let decode_pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(workers)
-        .thread_name(|i| format!("ongi-decode-{i}"))
-        .build()?;
-
-    // Decoding of batch n+1 overlaps inference of batch n; the channel bound
-    // keeps at most two preprocessed batches in memory.
-    let (tx, rx) = mpsc::sync_channel::<DecodedBatch>(1);
-    let batch_size = args.batch_size;
-    let encoder = ClipImageEncoder::new(model.clone());
-    let mode = args.decode.mode;
-    let mut failures = 0;
-    std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(|| {
-            for chunk in inputs.chunks(batch_size) {
-                let decoded = decode_pool.install(|| {
-                    chunk
-                        .par_iter()
-                        .map(|input| decode_one(input, &cfg, mode))
-                        .collect::<Vec<_>>()
-                });
-                let (names, pixels) = decoded.into_iter().unzip();
-                if tx.send(DecodedBatch { names, pixels }).is_err() {
-                    break; // the consumer failed and stopped listening
+    let failures = crate::pipeline::runtime()?.block_on(async {
+        let pipeline = crate::pipeline::open(&args.model, options, compute).await?;
+        let mut failures = 0;
+        for chunk in inputs.chunks(STEP) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .filter_map(|(_, key)| key.as_ref().ok().cloned())
+                .collect();
+            let report = pipeline.embedding.embed(&keys).await?;
+            let records: HashMap<&str, &FeatureRecord> = report
+                .records
+                .iter()
+                .map(|(k, r)| (k.as_str(), r))
+                .collect();
+            let errors: HashMap<&str, String> = report
+                .failed
+                .iter()
+                .map(|f| (f.key.as_str(), f.error.to_string()))
+                .collect();
+            for (name, key) in chunk {
+                let found = key.as_deref().map(|k| (records.get(k), errors.get(k)));
+                match found {
+                    Ok((Some(record), _)) => write_record(out, name, record, args.normalize)?,
+                    Ok((None, error)) => {
+                        failures += 1;
+                        let error = error.map_or("not embedded", String::as_str);
+                        write_line(out, &Line::Err { input: name, error })?;
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        write_line(out, &Line::Err { input: name, error })?;
+                    }
                 }
             }
-            // Closing the channel ends the consumer's loop.
-            drop(tx);
-        });
-        for batch in rx {
-            failures += run_batch(&batch, &encoder, args.normalize, out)?;
-            progress.inc(batch.names.len() as u64);
+            progress.inc(chunk.len() as u64);
         }
-        Ok(())
+        anyhow::Ok(failures)
     })?;
     progress.finish_and_clear();
     Ok(failures)
 }
 
-fn decode_one(
-    input: &Input,
-    cfg: &PreprocessConfig,
-    mode: DecodeMode,
-) -> (String, Result<Vec<f32>, String>) {
-    match input {
-        Input::Error(path, err) => (path.display().to_string(), Err(err.clone())),
-        Input::File(path) => {
-            let pixels = std::fs::read(path)
-                .map_err(|e| format!("cannot read file: {e}"))
-                .and_then(|bytes| {
-                    preprocess::load_and_preprocess(&bytes, cfg, mode).map_err(|e| e.to_string())
-                });
-            (path.display().to_string(), pixels)
-        }
-    }
+/// The key of a file under the image root `/`: its absolute path without
+/// symbolic links, less the leading slash.
+fn root_key(path: &Path) -> Result<String, String> {
+    let absolute = std::fs::canonicalize(path).map_err(|e| format!("cannot read file: {e}"))?;
+    let text = absolute
+        .to_str()
+        .ok_or_else(|| "the path is not UTF-8".to_string())?;
+    Ok(text.trim_start_matches('/').to_string())
 }
 
-/// Embeds the decodable images of one batch and prints every line in input order.
-fn run_batch(
-    batch: &DecodedBatch,
-    encoder: &ClipImageEncoder,
-    normalize: bool,
+/// One image's line: its embedding and, with face models, its faces.
+fn write_record(
     out: &mut impl Write,
-) -> Result<usize> {
-    let ok: Vec<&[f32]> = batch
-        .pixels
-        .iter()
-        .filter_map(|p| p.as_deref().ok())
-        .collect();
-    let rows = if ok.is_empty() {
-        Vec::new()
-    } else {
-        encoder.encode_batch(&ok).map_err(anyhow::Error::msg)?
-    };
-    let mut rows = rows.into_iter();
-    let mut failures = 0;
-    for (name, pixels) in batch.names.iter().zip(&batch.pixels) {
-        match pixels {
-            Ok(_) => {
-                let row = rows
-                    .next()
-                    .context("model returned fewer rows than images")?;
-                write_embedding(out, name, row, normalize)?;
-            }
-            Err(error) => {
-                failures += 1;
-                write_line(out, &Line::Err { input: name, error })?;
-            }
-        }
+    name: &str,
+    record: &FeatureRecord,
+    normalize: bool,
+) -> Result<()> {
+    let mut embedding = record.embedding.clone();
+    if normalize {
+        l2_normalize(&mut embedding);
     }
-    Ok(failures)
+    let faces: Option<Vec<Face<'_>>> = record.faces.as_ref().map(|faces| {
+        faces
+            .iter()
+            .map(|f| Face {
+                score: f.score,
+                bbox: f.bbox,
+                descriptor: &f.embedding,
+            })
+            .collect()
+    });
+    write_line(
+        out,
+        &Line::Ok {
+            input: name,
+            embedding: &embedding,
+            faces,
+        },
+    )
 }

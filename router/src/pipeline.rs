@@ -1,26 +1,15 @@
-//! Builds the embedding pipeline and the analyzer from flags; shared by
-//! `ongi serve` and `ongi analyze`.
+//! The flags of the embedding pipeline and the analyzer, shared by `ongi
+//! serve`, `ongi analyze` and `ongi embed`, and the pipeline they open.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ongi_core::analysis::quality::QualityConfig;
-use ongi_core::analysis::score::ScoreHead;
-use ongi_core::analysis::taxonomy::Taxonomy;
-use ongi_core::analysis::{AnalysisConfig, Analyzer};
-use ongi_core::batcher::{Batcher, BatcherConfig};
-use ongi_core::embedding::{EmbeddingService, PipelineConfig};
-use ongi_core::encoder::{ClipImageEncoder, ClipTextEncoder};
-use ongi_core::faces::FaceFinder;
-use ongi_core::preprocess::{DecodeMode, PreprocessConfig};
-use ongi_core::source::{ImageSource, SourceLimits};
-use ongi_core::store::FeatureStore;
-use ongi_core::text_cache::TextEmbeddings;
-use ongi_core::tokenize::ClipTokenizer;
-use ongi_model::clip::ClipModel;
-use ongi_model::face::FaceOptions;
+use ongi_core::batcher::BatcherConfig;
+use ongi_core::pipeline::{AnalysisOptions, Pipeline, PipelineOptions};
+use ongi_core::preprocess::DecodeMode;
+use ongi_core::source::SourceLimits;
+use ongi_model::ModelDir;
 
 use crate::compute::{Compute, ComputeArgs};
 
@@ -126,165 +115,90 @@ pub struct AnalysisArgs {
     pub analysis_config: Option<PathBuf>,
 }
 
-/// Everything a command needs to embed and analyse.
-pub struct Pipeline {
-    /// The per-request embedding pipeline.
-    pub embedding: EmbeddingService,
-    /// Album analysis over the store.
-    pub analyzer: Analyzer,
-    /// Text embeddings (prompts, search queries) through the store's cache.
-    pub texts: TextEmbeddings,
-    /// The feature store (also inside `embedding`).
-    pub store: Arc<dyn FeatureStore>,
-    /// Where photos come from, as clients may be told (no local path, no endpoint).
-    pub source_public: String,
-    /// The precision the model computes at, why, and on which kernels.
-    pub precision: String,
+impl AnalysisArgs {
+    pub fn options(&self) -> AnalysisOptions {
+        AnalysisOptions {
+            config: self.analysis_config.clone(),
+            taxonomy: self.taxonomy.clone(),
+            score_head: self.score_head.clone(),
+        }
+    }
 }
 
-/// Loads the model, opens source and store, starts the inference worker and
-/// prepares the analyzer; with `thumbnails`, newly embedded photos also get a
-/// stored thumbnail of that many pixels. Must run inside a tokio runtime.
-pub async fn build(
-    args: &PipelineArgs,
-    analysis: &AnalysisArgs,
-    images: &str,
-    compute: Compute,
-    thumbnails: Option<u32>,
-) -> Result<Pipeline> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    if args.max_image_bytes == 0 || args.max_image_pixels == 0 {
-        bail!("--max-image-bytes and --max-image-pixels must be at least 1");
-    }
-    let request_timeout = Duration::try_from_secs_f64(args.request_timeout_secs)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .context("--request-timeout-secs must be a positive number of seconds")?;
-    let model = Arc::new(
-        ClipModel::load(&args.model, &compute.device, compute.precision)
-            .with_context(|| format!("loading the model from {}", args.model.display()))?,
-    );
-    let preprocess = PreprocessConfig::from_model_dir(&args.model)?;
-    let size = model.image_size() as u32;
-    if preprocess.crop_height != size || preprocess.crop_width != size {
-        bail!(
-            "preprocessor_config.json crops to {}x{} but the model's vision_config.image_size is {size}",
-            preprocess.crop_width,
-            preprocess.crop_height
-        );
-    }
-    let decode_mode = args.decode.mode;
-    // Fast and exact embeddings differ by more than the parity bar, so a derived
-    // identity keeps them apart; an explicit --model-id is the operator's namespace
-    // and is used as given.
-    let model_id = match &args.model_id {
-        Some(id) => id.clone(),
-        None => ongi_core::model_id::model_identity(&args.model)
-            .map(|id| ongi_core::model_id::with_decode_mode(&id, decode_mode))
-            .map(|id| ongi_core::model_id::with_precision(&id, compute.precision))
-            .with_context(|| format!("hashing the checkpoint in {}", args.model.display()))?,
-    };
-    let faces = args
-        .face_model
-        .as_deref()
-        .map(|dir| {
-            FaceFinder::load(dir, FaceOptions::default())
-                .map(Arc::new)
-                .with_context(|| format!("loading the face models from {}", dir.display()))
+impl PipelineArgs {
+    /// The pipeline these flags describe, over the image source `images`;
+    /// with `thumbnails`, newly embedded photos also get a stored thumbnail
+    /// of that many pixels.
+    pub fn options(
+        &self,
+        images: &str,
+        compute: &Compute,
+        thumbnails: Option<u32>,
+    ) -> Result<PipelineOptions> {
+        let request_timeout = Duration::try_from_secs_f64(self.request_timeout_secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .context("--request-timeout-secs must be a positive number of seconds")?;
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        if self.max_image_bytes == 0 || self.max_image_pixels == 0 {
+            bail!("--max-image-bytes and --max-image-pixels must be at least 1");
+        }
+        Ok(PipelineOptions {
+            images: images.to_string(),
+            source_limits: SourceLimits {
+                max_bytes: self.max_image_bytes,
+                allow_hard_links: self.allow_hard_links,
+                ..SourceLimits::default()
+            },
+            store: self.store.clone(),
+            cache_ttl: self.cache_ttl.map(Duration::from_secs),
+            model_id: self.model_id.clone(),
+            device: compute.device.clone(),
+            precision: compute.precision,
+            decode_workers: self.decode_workers.unwrap_or(compute.threads).max(1),
+            decode_mode: self.decode.mode,
+            batcher: BatcherConfig {
+                max_batch_size: self.batch_size,
+                max_wait: Duration::from_millis(self.max_batch_wait_ms),
+                queue_capacity: self.queue_capacity,
+            },
+            max_concurrent_fetches: self.max_concurrent_fetches,
+            max_pixels: self.max_image_pixels,
+            request_timeout: Some(request_timeout),
+            thumbnails,
+            face_model: self.face_model.clone(),
         })
-        .transpose()?;
-    let decode_workers = args.decode_workers.unwrap_or(compute.threads).max(1);
-    let decode_pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(decode_workers)
-        .thread_name(|i| format!("ongi-decode-{i}"))
-        .build()?;
-    let batcher = Batcher::spawn(
-        ClipImageEncoder::new(model.clone()),
-        BatcherConfig {
-            max_batch_size: args.batch_size,
-            max_wait: Duration::from_millis(args.max_batch_wait_ms),
-            queue_capacity: args.queue_capacity,
-        },
-    )?;
-    let source_limits = SourceLimits {
-        max_bytes: args.max_image_bytes,
-        allow_hard_links: args.allow_hard_links,
-        ..SourceLimits::default()
-    };
-    let source = ImageSource::from_spec(images, source_limits)
-        .with_context(|| format!("opening the image source {images}"))?;
-    let source_description = source.describe();
-    let source_public = source.public_description();
-    let store = ongi_core::store::open_store(&args.store, args.cache_ttl.map(Duration::from_secs))
-        .await
-        .with_context(|| format!("opening the feature store {}", args.store))?;
+    }
 
-    let config = match &analysis.analysis_config {
-        Some(path) => AnalysisConfig::from_file(path)?,
-        None => AnalysisConfig::default(),
-    };
-    let vision = &model.config().vision;
-    let quality = config
-        .quality
-        .unwrap_or_else(|| QualityConfig::for_vision_tower(vision.hidden_size, vision.patch_size));
-    let taxonomy = match &analysis.taxonomy {
-        Some(path) => Taxonomy::from_file(path)?,
-        None => Taxonomy::builtin()?,
-    };
-    let score_head = analysis
-        .score_head
-        .as_deref()
-        .map(ScoreHead::from_file)
-        .transpose()?;
-    let text = Arc::new(ClipTextEncoder::new(
-        model.clone(),
-        ClipTokenizer::from_model_dir(&args.model)?,
-    ));
-    let texts = TextEmbeddings::new(text, store.clone(), model_id.clone());
-    let prompts = texts.prompts(&Analyzer::prompts_needed(&taxonomy)).await?;
-    let analyzer = Analyzer::new(config, quality, taxonomy, score_head, prompts)?;
+    /// Resolves compute settings (sizes the global compute pool).
+    pub fn resolve_compute(&self) -> Result<Compute> {
+        self.compute.resolve()
+    }
+}
 
-    let precision = compute.describe_precision();
+/// Opens the pipeline `options` describe and logs what it runs with. Must
+/// run inside a tokio runtime.
+pub async fn open(model: &Path, options: PipelineOptions, compute: &Compute) -> Result<Pipeline> {
+    let (decode_workers, decode_mode) = (options.decode_workers, options.decode_mode);
+    let batch_size = options.batcher.max_batch_size;
+    let pipeline = Pipeline::open(&ModelDir::new(model), options).await?;
     tracing::info!(
-        model = %args.model.display(),
-        model_id = %model_id,
-        precision = %precision,
+        model = %model.display(),
+        model_id = %pipeline.embedding.model_id(),
+        precision = %compute.describe_precision(),
         cpu_features = %ongi_model::CpuFeatures::get().flags(),
-        images = %source_description,
-        store = %store.describe(),
+        images = %pipeline.source_description,
+        store = %pipeline.store.describe(),
         threads = compute.threads,
         decode_workers,
         decode = %decode_mode,
-        faces = faces.is_some(),
-        batch_size = args.batch_size,
+        faces = pipeline.embedding.finds_faces(),
+        batch_size,
         "pipeline ready"
     );
-    let embedding = EmbeddingService::new(
-        Arc::new(source),
-        store.clone(),
-        batcher,
-        Arc::new(decode_pool),
-        Arc::new(preprocess),
-        model_id,
-        &PipelineConfig {
-            max_concurrent_fetches: args.max_concurrent_fetches,
-            max_pixels: args.max_image_pixels,
-            decode_mode,
-            request_timeout: Some(request_timeout),
-            thumbnails,
-            faces,
-        },
-    );
-    Ok(Pipeline {
-        embedding,
-        analyzer,
-        texts,
-        store,
-        source_public,
-        precision,
-    })
+    Ok(pipeline)
 }
 
 /// A multi-threaded tokio runtime for the HTTP side; compute runs on its own threads.
@@ -293,11 +207,4 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .thread_name("ongi-io")
         .build()?)
-}
-
-impl PipelineArgs {
-    /// Resolves compute settings (sizes the global compute pool).
-    pub fn resolve_compute(&self) -> Result<Compute> {
-        self.compute.resolve()
-    }
 }

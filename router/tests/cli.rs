@@ -262,3 +262,74 @@ fn analyze_query_prints_the_search_ranking() {
     assert_ne!(code, 0);
     assert!(stderr.contains("top-k"), "{stderr}");
 }
+
+/// `ongi embed` runs the server's pipeline over the files named, wherever
+/// they are: a relative path, a symbolic link and a second hard link all
+/// embed (the image-root guards are for clients' keys, not the user's own
+/// files), each line as the input was written.
+#[test]
+fn embed_takes_files_anywhere_by_any_name() {
+    let photos = fixtures().join("photos");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy.jpg");
+    std::fs::copy(photos.join("landscape_dune.jpg"), &copy).unwrap();
+    let link = dir.path().join("link.jpg");
+    std::os::unix::fs::symlink(&copy, &link).unwrap();
+    let hard = dir.path().join("hard.jpg");
+    std::fs::hard_link(&copy, &hard).unwrap();
+    let relative = "tests/fixtures/photos/landscape_dune.jpg";
+    let out = Command::new(env!("CARGO_BIN_EXE_ongi"))
+        .current_dir(ongi_test_support::fixtures::repo())
+        .args(["embed", "--model"])
+        .arg(tiny_model())
+        .args([relative, link.to_str().unwrap(), hard.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let lines = lines(&String::from_utf8(out.stdout).unwrap());
+    let inputs: Vec<&str> = lines.iter().map(|l| l["input"].as_str().unwrap()).collect();
+    assert_eq!(
+        inputs,
+        [relative, link.to_str().unwrap(), hard.to_str().unwrap()]
+    );
+    // One photo under three names: the same embedding three times.
+    for line in &lines[1..] {
+        assert_eq!(line["embedding"], lines[0]["embedding"], "{line}");
+        assert!(line.get("faces").is_none(), "{line}");
+    }
+}
+
+/// With `--face-model`, each line lists the photo's faces, as the server
+/// stores them.
+#[test]
+fn embed_with_face_models_lists_faces() {
+    let Some(models) = ongi_test_support::face_models::model_dir() else {
+        return;
+    };
+    let faceless = fixtures().join("photos/landscape_dune.jpg");
+    let people = models.join("samples/sample1.jpg");
+    let (code, stdout, stderr) = ongi(&[
+        "embed",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--face-model",
+        models.to_str().unwrap(),
+        faceless.to_str().unwrap(),
+        people.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines = lines(&stdout);
+    assert_eq!(lines[0]["faces"], serde_json::json!([]), "{}", lines[0]);
+    let faces = lines[1]["faces"].as_array().unwrap();
+    assert!(faces.len() >= 3, "{}", lines[1]);
+    let mut last = f64::INFINITY;
+    for face in faces {
+        let score = face["score"].as_f64().unwrap();
+        assert!(score <= last && score > 0.5, "best first: {face}");
+        last = score;
+        let b: Vec<i64> = serde_json::from_value(face["box"].clone()).unwrap();
+        assert!(b[0] < b[2] && b[1] < b[3], "{face}");
+        assert_eq!(face["descriptor"].as_array().unwrap().len(), 128);
+    }
+}

@@ -193,10 +193,10 @@ async fn photo_failures_are_typed() {
     use ongi_core::embedding::ImageError;
     let (args, _dirs) = support::serve_args(&[]);
     let compute = args.pipeline.resolve_compute().unwrap();
-    let pipeline =
-        ongi_router::pipeline::build(&args.pipeline, &args.analysis, &args.images, compute, None)
-            .await
-            .unwrap();
+    let options = args.pipeline.options(&args.images, &compute, None).unwrap();
+    let pipeline = ongi_router::pipeline::open(&args.pipeline.model, options, &compute)
+        .await
+        .unwrap();
     let keys = ["corrupt.jpg", "no-such-photo.jpg", "landscape_dune.jpg"].map(String::from);
     let report = pipeline.embedding.embed(&keys).await.unwrap();
     assert_eq!(report.embedded, 1);

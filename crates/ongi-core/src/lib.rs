@@ -7,6 +7,7 @@ pub mod encoder;
 pub mod faces;
 pub mod features;
 pub mod model_id;
+pub mod pipeline;
 pub mod preprocess;
 pub mod source;
 pub mod store;

@@ -37,6 +37,22 @@ async fn redb_harness(ttl: Option<Duration>) -> Harness {
     }
 }
 
+async fn memory_harness(ttl: Option<Duration>) -> Harness {
+    let store = open_store(ongi_core::store::MEMORY_SPEC, ttl)
+        .await
+        .unwrap();
+    assert!(
+        store.describe().contains(":memory:"),
+        "{}",
+        store.describe()
+    );
+    Harness {
+        store,
+        _dir: None,
+        _redis: None,
+    }
+}
+
 async fn redis_harness(ttl: Option<Duration>) -> Harness {
     let server = RedisServer::start();
     let store = open_store(&server.url(), ttl).await.unwrap();
@@ -213,41 +229,36 @@ async fn ping_answers(store: &dyn FeatureStore) {
     store.ping().await.unwrap();
 }
 
-/// Runs each named suite function against both backends.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod redb_backend {
+/// Runs each named suite function, and the TTL test, against one backend.
+macro_rules! suite {
+    ($backend:ident, $harness:ident: $($name:ident),*) => {
+        mod $backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let h = super::redb_harness(None).await;
+                    let h = super::$harness(None).await;
                     super::$name(h.store.as_ref()).await;
                 }
             )*
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn ttl_expiry() {
-                let h = super::redb_harness(Some(std::time::Duration::from_secs(1))).await;
-                super::ttl_expiry(h.store.as_ref()).await;
-            }
-        }
-        mod redis_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let h = super::redis_harness(None).await;
-                    super::$name(h.store.as_ref()).await;
-                }
-            )*
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn ttl_expiry() {
-                let h = super::redis_harness(Some(std::time::Duration::from_secs(1))).await;
+                let h = super::$harness(Some(std::time::Duration::from_secs(1))).await;
                 super::ttl_expiry(h.store.as_ref()).await;
             }
         }
     };
 }
 
-both_backends!(
+/// Runs each named suite function against every backend.
+macro_rules! every_backend {
+    ($($name:ident),* $(,)?) => {
+        suite!(redb_backend, redb_harness: $($name),*);
+        suite!(memory_backend, memory_harness: $($name),*);
+        suite!(redis_backend, redis_harness: $($name),*);
+    };
+}
+
+every_backend!(
     ping_answers,
     missing_is_none,
     roundtrip_preserves_order_and_bytes,

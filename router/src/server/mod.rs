@@ -21,10 +21,12 @@ use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use utoipa::OpenApi;
 
-use crate::pipeline::{self, AnalysisArgs, Pipeline, PipelineArgs};
+use crate::pipeline::{self, AnalysisArgs, PipelineArgs};
 use auth::{ApiKey, ApiKeys};
 use limits::LimitArgs;
 use listener::ConnArgs;
+use ongi_core::analysis::Analyzer;
+use ongi_core::pipeline::Pipeline;
 
 /// Arguments of `ongi serve`; every flag also reads an `ONGI_*` variable.
 #[derive(clap::Args, Debug)]
@@ -84,6 +86,9 @@ pub struct App {
 /// Everything the handlers share.
 pub struct AppState {
     pipeline: Pipeline,
+    analyzer: Analyzer,
+    /// The precision the model computes at, why, and on which kernels.
+    precision: String,
     prometheus: PrometheusHandle,
     limits: LimitArgs,
     api_keys: Arc<ApiKeys>,
@@ -209,11 +214,14 @@ pub async fn app(
     } else {
         tracing::warn!("no --api-key set: /api/* is open to anyone who can reach the server");
     }
-    let pipeline =
-        pipeline::build(&args.pipeline, &args.analysis, &args.images, compute, None).await?;
+    let options = args.pipeline.options(&args.images, &compute, None)?;
+    let pipeline = pipeline::open(&args.pipeline.model, options, &compute).await?;
+    let analyzer = pipeline.analyzer(&args.analysis.options()).await?;
     let kafka = args.kafka.brokers.is_some().then(Arc::default);
     let state = Arc::new(AppState {
         pipeline,
+        analyzer,
+        precision: compute.describe_precision(),
         prometheus,
         limits: args.limits.clone(),
         api_keys,

@@ -149,7 +149,7 @@ pub async fn duplicates(
     let started = Instant::now();
     // Photos that could not be embedded cannot be duplicates of anything.
     let present = report.records;
-    let groups = app.pipeline.analyzer.duplicates(&present);
+    let groups = app.analyzer.duplicates(&present);
     observe("duplicates", started, present.len());
     Ok(created(DuplicatesResponse {
         message: SUCCESS.into(),
@@ -177,7 +177,7 @@ pub async fn quality(
     let keys = request_keys(&app, &request.images)?;
     let started = Instant::now();
     let records = cached_records(&app, &keys).await?;
-    let low = app.pipeline.analyzer.low_quality(&records);
+    let low = app.analyzer.low_quality(&records);
     observe("quality", started, records.len());
     Ok(created(QualityResponse {
         message: SUCCESS.into(),
@@ -219,7 +219,7 @@ pub async fn people(
     if !faceless.is_empty() {
         return Err(ApiError::EmbeddingRequired(faceless));
     }
-    let persons = app.pipeline.analyzer.people(&records);
+    let persons = app.analyzer.people(&records);
     observe("people", started, records.len());
     Ok(created(PeopleResponse {
         message: SUCCESS.into(),
@@ -249,7 +249,6 @@ pub async fn categories(
     let started = Instant::now();
     let records = cached_records(&app, &keys).await?;
     let groups = app
-        .pipeline
         .analyzer
         .categories(&records, &concepts)
         .map_err(|e| match e {
@@ -293,7 +292,7 @@ pub async fn score(State(app): State<Arc<AppState>>, body: JsonBody) -> Result<R
         .map_err(|_| ApiError::InvalidRequest("categories must hold at least one image".into()))?;
     let started = Instant::now();
     let records = cached_records(&app, &keys).await?;
-    let analyzer = &app.pipeline.analyzer;
+    let analyzer = &app.analyzer;
     let scores: std::collections::HashMap<&str, f32> = records
         .iter()
         .map(|(k, r)| (k.as_str(), analyzer.score(r)))
@@ -394,7 +393,7 @@ pub async fn health(State(app): State<Arc<AppState>>) -> Result<Json<HealthRespo
             app.pipeline.source_public
         ),
         version: env!("CARGO_PKG_VERSION").into(),
-        precision: app.pipeline.precision.clone(),
+        precision: app.precision.clone(),
         kafka: app.kafka.as_ref().map(|k| k.tasks()),
     }))
 }

@@ -29,6 +29,9 @@ const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("feat
 /// `(model, blob name)` → expiry + bytes.
 const BLOBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("blobs_v1");
 
+/// The store spec of [`RedbStore::in_memory`].
+pub const MEMORY_SPEC: &str = ":memory:";
+
 /// Length of the expiry prefix of every stored value.
 const EXPIRY_LEN: usize = 8;
 
@@ -49,6 +52,21 @@ impl RedbStore {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
         let db = tokio::task::spawn_blocking(move || open_blocking(&p)).await??;
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+            ttl,
+        })
+    }
+
+    /// A store in memory only, gone with the process: for one-shot commands
+    /// whose inputs are files that may change between runs.
+    pub fn in_memory(ttl: Option<Duration>) -> Result<Self, StoreError> {
+        let path = PathBuf::from(MEMORY_SPEC);
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| redb_err(&path, e))?;
+        create_tables(&db, &path)?;
         Ok(Self {
             db: Arc::new(db),
             path,
@@ -168,10 +186,7 @@ fn open_blocking(path: &Path) -> Result<Database, StoreError> {
     // panic while reading them; either way the answer is the same.
     let opened = quiet_panics(|| {
         let db = Database::create(path).map_err(|e| redb_err(path, e))?;
-        let txn = db.begin_write().map_err(|e| redb_err(path, e))?;
-        txn.open_table(RECORDS).map_err(|e| redb_err(path, e))?;
-        txn.open_table(BLOBS).map_err(|e| redb_err(path, e))?;
-        txn.commit().map_err(|e| redb_err(path, e))?;
+        create_tables(&db, path)?;
         Ok(db)
     });
     match opened {
@@ -187,6 +202,13 @@ fn open_blocking(path: &Path) -> Result<Database, StoreError> {
         Ok(result) => result,
         Err(panic) => Err(damaged(panic_message(panic.as_ref()))),
     }
+}
+
+fn create_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(|e| redb_err(path, e))?;
+    txn.open_table(RECORDS).map_err(|e| redb_err(path, e))?;
+    txn.open_table(BLOBS).map_err(|e| redb_err(path, e))?;
+    txn.commit().map_err(|e| redb_err(path, e))
 }
 
 thread_local! {

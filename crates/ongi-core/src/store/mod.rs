@@ -6,7 +6,7 @@
 //! - `redis://host:port/db` or `rediss://…` → [`RedisStore`], for several
 //!   servers sharing one cache;
 //! - anything else is a file path → [`RedbStore`], an embedded single-file
-//!   transactional store (the default).
+//!   transactional store (the default); `:memory:` keeps it in memory only.
 //!
 //! Every entry is keyed by an opaque *model identity* string plus the image
 //! key (or blob name), so a server running a different model never reads
@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::features::FeatureRecord;
 
-pub use embedded::RedbStore;
+pub use embedded::{RedbStore, MEMORY_SPEC};
 pub use redis_store::RedisStore;
 
 /// A feature store failure. Misses are not errors (they are `None`).
@@ -162,7 +162,8 @@ pub trait FeatureStore: Send + Sync {
 
 /// Opens the store named by `spec`: `redis://…`, `rediss://…`,
 /// `redis+unix://…` or `unix://…` (scheme in any case) → Redis; any other
-/// `scheme://` is refused; anything else → an embedded redb file at that
+/// `scheme://` is refused; `:memory:` → an embedded store in memory only;
+/// anything else → an embedded redb file at that
 /// path (created if missing, parent directories included). `ttl` makes
 /// entries expire that long after they are written.
 ///
@@ -178,6 +179,9 @@ pub async fn open_store(
             spec: spec.to_owned(),
             reason: "empty".to_owned(),
         });
+    }
+    if spec == embedded::MEMORY_SPEC {
+        return Ok(Arc::new(RedbStore::in_memory(ttl)?));
     }
     match spec.split_once("://") {
         None => Ok(Arc::new(RedbStore::open(spec, ttl).await?)),
