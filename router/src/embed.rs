@@ -42,14 +42,14 @@ pub struct EmbedArgs {
     /// Treat the inputs as strings to embed with the text tower.
     #[arg(long)]
     pub text: bool,
-    /// Face models (as `ongi serve --face-model`): each image's line also
-    /// lists its faces (score, box, descriptor).
-    #[arg(long, env = "ONGI_FACE_MODEL")]
-    pub face_model: Option<PathBuf>,
     #[command(flatten)]
     pub decode: DecodeArgs,
     #[command(flatten)]
     pub compute: ComputeArgs,
+    /// Face models (as `ongi serve --face-model`): each image's line also
+    /// lists its faces (score, box, descriptor).
+    #[arg(long, env = "ONGI_FACE_MODEL")]
+    pub face_model: Option<PathBuf>,
     /// Image files or directories (walked recursively), or strings with --text.
     #[arg(required = true)]
     pub inputs: Vec<String>,

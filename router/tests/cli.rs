@@ -333,3 +333,46 @@ fn embed_with_face_models_lists_faces() {
         assert_eq!(face["descriptor"].as_array().unwrap().len(), 128);
     }
 }
+
+/// The README's duplicates example: each source photo's edited copies form
+/// one group, and the mirrored copies stay apart.
+#[test]
+fn analyze_groups_the_edited_copies() {
+    let edited = fixtures().join("original/edited");
+    let (code, stdout, stderr) = ongi(&[
+        "analyze",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--store",
+        ":memory:",
+        edited.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let groups: Vec<Vec<String>> = serde_json::from_value(report["duplicates"].clone()).unwrap();
+    assert_eq!(groups.len(), 5, "{groups:?}");
+    for group in &groups {
+        let source = group[0].split("__").next().unwrap();
+        assert!(
+            group.iter().all(|k| k.starts_with(&format!("{source}__"))),
+            "{group:?}"
+        );
+        for edit in ["blur", "bright", "crop", "recompress", "resize"] {
+            assert!(
+                group.contains(&format!("{source}__{edit}.jpg")),
+                "{edit}: {group:?}"
+            );
+        }
+        assert!(!group.iter().any(|k| k.contains("__flip")), "{group:?}");
+    }
+    assert_eq!(
+        groups[2],
+        [
+            "landscape_dune__blur.jpg",
+            "landscape_dune__bright.jpg",
+            "landscape_dune__crop.jpg",
+            "landscape_dune__recompress.jpg",
+            "landscape_dune__resize.jpg"
+        ]
+    );
+}

@@ -223,7 +223,7 @@ struct RawText {
     num_hidden_layers: Option<Positive>,
     max_position_embeddings: Option<Positive>,
     hidden_act: Option<Activation>,
-    layer_norm_eps: Option<Eps>,
+    layer_norm_eps: Option<f64>,
     #[serde(default, deserialize_with = "eos_token_id")]
     eos_token_id: Option<(u32, TextPooling)>,
 }
@@ -238,7 +238,7 @@ struct RawVision {
     image_size: Option<Positive>,
     patch_size: Option<Positive>,
     hidden_act: Option<Activation>,
-    layer_norm_eps: Option<Eps>,
+    layer_norm_eps: Option<f64>,
 }
 
 /// A positive integer field.
@@ -256,19 +256,15 @@ impl TryFrom<u64> for Positive {
     }
 }
 
-/// A layer-norm epsilon: finite and not negative.
-#[derive(Deserialize, Clone, Copy)]
-#[serde(try_from = "f64")]
-struct Eps(f64);
-
-impl TryFrom<f64> for Eps {
-    type Error = String;
-    fn try_from(x: f64) -> Result<Self, String> {
-        if x.is_finite() && x >= 0.0 {
-            Ok(Self(x))
-        } else {
-            Err(format!("expected a non-negative number, found {x}"))
-        }
+/// A layer-norm epsilon: not negative (JSON numbers are always finite).
+fn eps(field: Option<f64>) -> Result<f64, FieldError> {
+    match field {
+        None => Ok(1e-5),
+        Some(x) if x >= 0.0 => Ok(x),
+        Some(x) => Err((
+            "layer_norm_eps",
+            format!("expected a non-negative number, found {x}"),
+        )),
     }
 }
 
@@ -306,7 +302,7 @@ impl RawText {
             num_hidden_layers: or(self.num_hidden_layers, 12),
             max_position_embeddings: or(self.max_position_embeddings, 77),
             hidden_act: self.hidden_act.unwrap_or(Activation::QuickGelu),
-            layer_norm_eps: self.layer_norm_eps.map_or(1e-5, |e| e.0),
+            layer_norm_eps: eps(self.layer_norm_eps)?,
             eos_token_id,
             pooling,
         })
@@ -335,7 +331,7 @@ impl RawVision {
             image_size,
             patch_size,
             hidden_act: self.hidden_act.unwrap_or(Activation::QuickGelu),
-            layer_norm_eps: self.layer_norm_eps.map_or(1e-5, |e| e.0),
+            layer_norm_eps: eps(self.layer_norm_eps)?,
         })
     }
 }

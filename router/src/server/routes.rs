@@ -38,6 +38,12 @@ fn store_error(app: &AppState, err: &dyn std::fmt::Display) -> ApiError {
     ApiError::Internal
 }
 
+/// The keys of an `{"images": [...]}` body, checked as [`request_keys`] does.
+fn image_keys(app: &AppState, body: &JsonBody) -> Result<Vec<String>, ApiError> {
+    let request: ImagesRequest = api::parse_body(body)?;
+    request_keys(app, &request.images)
+}
+
 /// A request's keys: within the per-request limit, non-empty, repeats dropped.
 fn request_keys(app: &AppState, images: &[String]) -> Result<Vec<String>, ApiError> {
     check_image_count(images.len(), app.limits.max_images)?;
@@ -71,10 +77,17 @@ async fn cached_records(
         .collect())
 }
 
-fn observe(route: &'static str, started: Instant, images: usize) {
+/// An analysis answer (201), its time recorded per route.
+fn answered(
+    route: &'static str,
+    started: Instant,
+    images: usize,
+    response: impl serde::Serialize,
+) -> Result<Response, ApiError> {
     let elapsed = started.elapsed();
     metrics::histogram!("ongi_analysis_seconds", "route" => route).record(elapsed.as_secs_f64());
     tracing::info!(route, images, ms = elapsed.as_secs_f64() * 1e3, "analysis");
+    Ok(created(response))
 }
 
 /// Embeds and caches every photo of the album.
@@ -85,7 +98,6 @@ fn observe(route: &'static str, started: Instant, images: usize) {
     responses(
         (status = 201, description = "All photos embedded (`data` null), or the keys that failed", body = EmbeddingResponse),
         (status = 400, description = "Empty list or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 500, description = "Feature store failure", body = api::ErrorResponse),
         (status = 503, description = "Inference queue full; see Retry-After", body = api::ErrorResponse),
     )
@@ -94,8 +106,7 @@ pub async fn embedding(
     State(app): State<Arc<AppState>>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let request: ImagesRequest = api::parse_body(&body)?;
-    let keys = request_keys(&app, &request.images)?;
+    let keys = image_keys(&app, &body)?;
     let report = app
         .pipeline
         .embedding
@@ -126,7 +137,6 @@ pub async fn embedding(
     responses(
         (status = 201, description = "Duplicate groups (singletons omitted)", body = DuplicatesResponse),
         (status = 400, description = "Empty list or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 503, description = "Inference queue full; see Retry-After", body = api::ErrorResponse),
     )
 )]
@@ -134,8 +144,7 @@ pub async fn duplicates(
     State(app): State<Arc<AppState>>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let request: ImagesRequest = api::parse_body(&body)?;
-    let keys = request_keys(&app, &request.images)?;
+    let keys = image_keys(&app, &body)?;
     // The original loaded pixels here; ongi embeds only what the cache lacks.
     let report = app
         .pipeline
@@ -150,11 +159,15 @@ pub async fn duplicates(
     // Photos that could not be embedded cannot be duplicates of anything.
     let present = report.records;
     let groups = app.analyzer.duplicates(&present);
-    observe("duplicates", started, present.len());
-    Ok(created(DuplicatesResponse {
-        message: SUCCESS.into(),
-        data: groups,
-    }))
+    answered(
+        "duplicates",
+        started,
+        present.len(),
+        DuplicatesResponse {
+            message: SUCCESS.into(),
+            data: groups,
+        },
+    )
 }
 
 /// Low-quality photos (Laplacian blur test or CLIP-IQA dual threshold).
@@ -165,7 +178,6 @@ pub async fn duplicates(
     responses(
         (status = 201, description = "Keys of low-quality photos", body = QualityResponse),
         (status = 400, description = "Empty list or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
     )
 )]
@@ -173,16 +185,19 @@ pub async fn quality(
     State(app): State<Arc<AppState>>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let request: ImagesRequest = api::parse_body(&body)?;
-    let keys = request_keys(&app, &request.images)?;
+    let keys = image_keys(&app, &body)?;
     let started = Instant::now();
     let records = cached_records(&app, &keys).await?;
     let low = app.analyzer.low_quality(&records);
-    observe("quality", started, records.len());
-    Ok(created(QualityResponse {
-        message: SUCCESS.into(),
-        data: low,
-    }))
+    answered(
+        "quality",
+        started,
+        records.len(),
+        QualityResponse {
+            message: SUCCESS.into(),
+            data: low,
+        },
+    )
 }
 
 /// Persons in the album: the faces found while embedding, clustered.
@@ -193,7 +208,6 @@ pub async fn quality(
     responses(
         (status = 201, description = "One entry per person, most faces first", body = PeopleResponse),
         (status = 400, description = "This server has no face models (`--face-model`); or an empty list, malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 428, description = "`data` lists the keys lacking cached features or faces (embedded before face models were enabled)", body = api::ErrorResponse),
     )
 )]
@@ -201,8 +215,7 @@ pub async fn people(
     State(app): State<Arc<AppState>>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let request: ImagesRequest = api::parse_body(&body)?;
-    let keys = request_keys(&app, &request.images)?;
+    let keys = image_keys(&app, &body)?;
     if !app.pipeline.embedding.finds_faces() {
         return Err(ApiError::InvalidRequest(
             "people needs face models: this server was started without --face-model".into(),
@@ -220,11 +233,15 @@ pub async fn people(
         return Err(ApiError::EmbeddingRequired(faceless));
     }
     let persons = app.analyzer.people(&records);
-    observe("people", started, records.len());
-    Ok(created(PeopleResponse {
-        message: SUCCESS.into(),
-        data: persons.into_iter().map(PersonFaces::from).collect(),
-    }))
+    answered(
+        "people",
+        started,
+        records.len(),
+        PeopleResponse {
+            message: SUCCESS.into(),
+            data: persons.into_iter().map(PersonFaces::from).collect(),
+        },
+    )
 }
 
 /// Themed categories by the representative-tag algorithm.
@@ -235,7 +252,6 @@ pub async fn people(
     responses(
         (status = 201, description = "Groups; every requested key exactly once", body = CategoriesResponse),
         (status = 400, description = "Empty list, malformed body or unknown concept, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
     )
 )]
@@ -258,14 +274,18 @@ pub async fn categories(
                 ApiError::Internal
             }
         })?;
-    observe("categories", started, records.len());
-    Ok(created(CategoriesResponse {
-        message: SUCCESS.into(),
-        data: groups
-            .into_iter()
-            .map(|(category, images)| CategoryImages { category, images })
-            .collect(),
-    }))
+    answered(
+        "categories",
+        started,
+        records.len(),
+        CategoriesResponse {
+            message: SUCCESS.into(),
+            data: groups
+                .into_iter()
+                .map(|(category, images)| CategoryImages { category, images })
+                .collect(),
+        },
+    )
 }
 
 /// Highlight score of each photo, per category.
@@ -276,7 +296,6 @@ pub async fn categories(
     responses(
         (status = 201, description = "One score per requested image, in request order", body = ScoreResponse),
         (status = 400, description = "Empty or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
     )
 )]
@@ -312,11 +331,15 @@ pub async fn score(State(app): State<Arc<AppState>>, body: JsonBody) -> Result<R
                 .collect(),
         })
         .collect();
-    observe("score", started, records.len());
-    Ok(created(ScoreResponse {
-        message: SUCCESS.into(),
-        data,
-    }))
+    answered(
+        "score",
+        started,
+        records.len(),
+        ScoreResponse {
+            message: SUCCESS.into(),
+            data,
+        },
+    )
 }
 
 /// Photos of the album matching a text query, by CLIP similarity.
@@ -327,7 +350,6 @@ pub async fn score(State(app): State<Arc<AppState>>, body: JsonBody) -> Result<R
     responses(
         (status = 201, description = "At most `top_k` photos, best first, each requested key at most once", body = SearchResponse),
         (status = 400, description = "Empty image list or query, query too long, `top_k` 0, malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 403, description = "Missing or wrong API key (when `--api-key` is set)", body = api::ErrorResponse),
         (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
     )
 )]
@@ -351,14 +373,18 @@ pub async fn search(
         ApiError::Internal
     })?;
     let ranked = ongi_core::analysis::search(&records, &embedding, top_k);
-    observe("search", started, records.len());
-    Ok(created(SearchResponse {
-        message: SUCCESS.into(),
-        data: ranked
-            .into_iter()
-            .map(|(image, score)| ImageScore { image, score })
-            .collect(),
-    }))
+    answered(
+        "search",
+        started,
+        records.len(),
+        SearchResponse {
+            message: SUCCESS.into(),
+            data: ranked
+                .into_iter()
+                .map(|(image, score)| ImageScore { image, score })
+                .collect(),
+        },
+    )
 }
 
 /// Health and version: 200 when the inference worker runs, the feature

@@ -182,29 +182,14 @@ struct RawPreprocess {
     do_resize: Option<bool>,
     do_center_crop: Option<bool>,
     do_rescale: Option<bool>,
-    rescale_factor: Option<Finite>,
+    // JSON numbers are always finite.
+    rescale_factor: Option<f64>,
     do_normalize: Option<bool>,
     #[serde(default, deserialize_with = "per_channel")]
     image_mean: Option<[f32; 3]>,
     #[serde(default, deserialize_with = "per_channel")]
     image_std: Option<[f32; 3]>,
     resample: Option<u64>,
-}
-
-/// A finite number.
-#[derive(Deserialize, Clone, Copy)]
-#[serde(try_from = "f64")]
-struct Finite(f64);
-
-impl TryFrom<f64> for Finite {
-    type Error = String;
-    fn try_from(x: f64) -> Result<Self, String> {
-        if x.is_finite() {
-            Ok(Self(x))
-        } else {
-            Err(format!("expected a finite number, got {x}"))
-        }
-    }
 }
 
 /// A size in pixels: a positive integer (JSON `224` or `224.0`), at most MAX_EDGE.
@@ -305,15 +290,15 @@ fn per_channel<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[f32; 3]>, D::E
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Form {
-        One(Finite),
-        List(Vec<Finite>),
+        One(f64),
+        List(Vec<f64>),
         Other(serde_json::Value),
     }
     match Option::<Form>::deserialize(d)? {
         None => Ok(None),
-        Some(Form::One(x)) => Ok(Some([x.0 as f32; 3])),
+        Some(Form::One(x)) => Ok(Some([x as f32; 3])),
         Some(Form::List(items)) => match items[..] {
-            [r, g, b] => Ok(Some([r.0 as f32, g.0 as f32, b.0 as f32])),
+            [r, g, b] => Ok(Some([r as f32, g as f32, b as f32])),
             _ => Err(D::Error::custom(format!(
                 "expected 3 values (R, G, B), got {}",
                 items.len()
@@ -362,7 +347,7 @@ impl RawPreprocess {
             do_rescale: self.do_rescale.unwrap_or(defaults.do_rescale),
             rescale_factor: self
                 .rescale_factor
-                .map_or(defaults.rescale_factor, |f| f.0 as f32),
+                .map_or(defaults.rescale_factor, |f| f as f32),
             do_normalize: self.do_normalize.unwrap_or(defaults.do_normalize),
             image_mean: self.image_mean.unwrap_or(defaults.image_mean),
             image_std,
