@@ -75,9 +75,43 @@ fn cv_resize_area(src: &[u8], w: usize, h: usize, dw: usize, dh: usize) -> Vec<u
         if (scale_x - iscale_x).abs() < f64::EPSILON && (scale_y - iscale_y).abs() < f64::EPSILON {
             return cv_resize_area_fast(src, w, dw, dh, iscale_x as usize, iscale_y as usize);
         }
-        return cv_resize_area_general(src, w, h, dw, dh, scale_x, scale_y);
     }
-    cv_resize_area_up(src, w, h, dw, dh, scale_x, scale_y)
+    let resize = AreaResize {
+        src,
+        w,
+        h,
+        dw,
+        dh,
+        scale_x,
+        scale_y,
+    };
+    if scale_x >= 1.0 && scale_y >= 1.0 {
+        cv_resize_area_general(&resize)
+    } else {
+        cv_resize_area_up(&resize)
+    }
+}
+
+/// One area resize: `w`×`h` source pixels to `dw`×`dh`, and the source
+/// pixels per destination pixel on each axis.
+#[derive(Clone, Copy)]
+struct AreaResize<'a> {
+    src: &'a [u8],
+    w: usize,
+    h: usize,
+    dw: usize,
+    dh: usize,
+    scale_x: f64,
+    scale_y: f64,
+}
+
+impl<'a> AreaResize<'a> {
+    /// Source, its size, the destination size and the two scales.
+    #[allow(clippy::type_complexity)]
+    fn parts(&self) -> (&'a [u8], usize, usize, usize, usize, f64, f64) {
+        let r = *self;
+        (r.src, r.w, r.h, r.dw, r.dh, r.scale_x, r.scale_y)
+    }
 }
 
 /// `resizeAreaFast`: integer downscale factors, plain block sums.
@@ -158,15 +192,8 @@ fn cv_area_tab(ssize: usize, dsize: usize, scale: f64) -> Vec<AreaTap> {
 
 /// `resizeArea_<uchar, float>`: overlap-weighted area averaging for
 /// non-integer downscale factors, in OpenCV's accumulation order.
-fn cv_resize_area_general(
-    src: &[u8],
-    w: usize,
-    h: usize,
-    dw: usize,
-    dh: usize,
-    scale_x: f64,
-    scale_y: f64,
-) -> Vec<u8> {
+fn cv_resize_area_general(resize: &AreaResize<'_>) -> Vec<u8> {
+    let (src, w, h, dw, dh, scale_x, scale_y) = resize.parts();
     // OpenCV scatters `xtab` entries into `buf[di]` one by one; a destination
     // pixel's entries are consecutive with consecutive source indices, so
     // grouping them into spans gives the same f32 additions in the same
@@ -251,15 +278,8 @@ fn cv_area_up_axis(
 
 /// `resizeGeneric_` with `HResizeLinear`/`VResizeLinear` in area mode (used
 /// when either axis is enlarged): 8-bit fixed point.
-fn cv_resize_area_up(
-    src: &[u8],
-    w: usize,
-    h: usize,
-    dw: usize,
-    dh: usize,
-    scale_x: f64,
-    scale_y: f64,
-) -> Vec<u8> {
+fn cv_resize_area_up(resize: &AreaResize<'_>) -> Vec<u8> {
+    let (src, w, h, dw, dh, scale_x, scale_y) = resize.parts();
     let xs = cv_area_up_axis(w, dw, scale_x, true);
     let ys = cv_area_up_axis(h, dh, scale_y, false);
     let hrow = |y: usize| -> Vec<i32> {

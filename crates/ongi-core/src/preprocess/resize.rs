@@ -99,28 +99,14 @@ fn lanczos_filter(x: f64) -> f64 {
 }
 
 fn filter_for(resample: Resample) -> Filter {
-    match resample {
-        Resample::Box => Filter {
-            kernel: box_filter,
-            support: 0.5,
-        },
-        Resample::Bilinear => Filter {
-            kernel: bilinear_filter,
-            support: 1.0,
-        },
-        Resample::Hamming => Filter {
-            kernel: hamming_filter,
-            support: 1.0,
-        },
-        Resample::Bicubic => Filter {
-            kernel: bicubic_filter,
-            support: 2.0,
-        },
-        Resample::Lanczos => Filter {
-            kernel: lanczos_filter,
-            support: 3.0,
-        },
-    }
+    let (kernel, support): (fn(f64) -> f64, f64) = match resample {
+        Resample::Box => (box_filter, 0.5),
+        Resample::Bilinear => (bilinear_filter, 1.0),
+        Resample::Hamming => (hamming_filter, 1.0),
+        Resample::Bicubic => (bicubic_filter, 2.0),
+        Resample::Lanczos => (lanczos_filter, 3.0),
+    };
+    Filter { kernel, support }
 }
 
 /// Fixed-point weights for a contiguous range of output pixels along one axis.
