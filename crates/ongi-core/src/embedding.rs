@@ -149,14 +149,25 @@ struct ImageTimings {
     embed: Duration,
 }
 
+/// What the embedding pipeline is made of.
+pub struct ServiceParts {
+    /// Where photo bytes come from.
+    pub source: Arc<ImageSource>,
+    /// Where records go.
+    pub store: Arc<dyn FeatureStore>,
+    /// The inference worker.
+    pub batcher: Batcher,
+    /// Threads decoding and preprocessing photos.
+    pub decode_pool: Arc<rayon::ThreadPool>,
+    /// The model's image preprocessing.
+    pub preprocess: Arc<PreprocessConfig>,
+    /// The identity records are stored under.
+    pub model_id: String,
+}
+
 /// Shared state of the embedding pipeline.
 pub struct EmbeddingService {
-    source: Arc<ImageSource>,
-    store: Arc<dyn FeatureStore>,
-    batcher: Batcher,
-    decode_pool: Arc<rayon::ThreadPool>,
-    preprocess: Arc<PreprocessConfig>,
-    model_id: String,
+    parts: ServiceParts,
     fetch_permits: Arc<Semaphore>,
     max_pixels: u64,
     decode_mode: preprocess::DecodeMode,
@@ -207,22 +218,9 @@ impl Default for PipelineConfig {
 
 impl EmbeddingService {
     /// Assembles the pipeline from its parts.
-    pub fn new(
-        source: Arc<ImageSource>,
-        store: Arc<dyn FeatureStore>,
-        batcher: Batcher,
-        decode_pool: Arc<rayon::ThreadPool>,
-        preprocess: Arc<PreprocessConfig>,
-        model_id: String,
-        config: &PipelineConfig,
-    ) -> Self {
+    pub fn new(parts: ServiceParts, config: &PipelineConfig) -> Self {
         Self {
-            source,
-            store,
-            batcher,
-            decode_pool,
-            preprocess,
-            model_id,
+            parts,
             fetch_permits: Arc::new(Semaphore::new(config.max_concurrent_fetches.max(1))),
             max_pixels: config.max_pixels,
             decode_mode: config.decode_mode,
@@ -234,12 +232,12 @@ impl EmbeddingService {
 
     /// The model identity under which records are stored.
     pub fn model_id(&self) -> &str {
-        &self.model_id
+        &self.parts.model_id
     }
 
     /// The inference batcher.
     pub fn batcher(&self) -> &Batcher {
-        &self.batcher
+        &self.parts.batcher
     }
 
     /// Whether photos are embedded with their faces.
@@ -254,7 +252,11 @@ impl EmbeddingService {
 
     /// Feature records of `keys` in order (`None` where missing).
     pub async fn records(&self, keys: &[String]) -> Result<Vec<Option<FeatureRecord>>, EmbedError> {
-        Ok(self.store.get_many(&self.model_id, keys).await?)
+        Ok(self
+            .parts
+            .store
+            .get_many(&self.parts.model_id, keys)
+            .await?)
     }
 
     /// Embeds every key that has no record yet and stores the records.
@@ -270,8 +272,9 @@ impl EmbeddingService {
         let store_started = Instant::now();
         // A record made before faces were enabled is computed again.
         let existing: Vec<Option<FeatureRecord>> = self
+            .parts
             .store
-            .get_many(&self.model_id, &unique)
+            .get_many(&self.parts.model_id, &unique)
             .await?
             .into_iter()
             .map(|r| r.filter(|r| self.is_complete(r)))
@@ -289,6 +292,7 @@ impl EmbeddingService {
 
         // reserve refuses only for lack of room
         let slots = self
+            .parts
             .batcher
             .reserve(missing.len())
             .map_err(|_| EmbedError::Busy)?;
@@ -335,10 +339,16 @@ impl EmbeddingService {
         }
         let store_started = Instant::now();
         if !records.is_empty() {
-            self.store.put_many(&self.model_id, &records).await?;
+            self.parts
+                .store
+                .put_many(&self.parts.model_id, &records)
+                .await?;
         }
         for (name, jpeg) in &thumbnails {
-            self.store.put_blob(&self.model_id, name, jpeg).await?;
+            self.parts
+                .store
+                .put_blob(&self.parts.model_id, name, jpeg)
+                .await?;
         }
         store_time += store_started.elapsed();
 
@@ -386,11 +396,11 @@ impl EmbeddingService {
                 .acquire()
                 .await
                 .map_err(|_| ImageError::ShuttingDown)?;
-            self.source.fetch(key).await?
+            self.parts.source.fetch(key).await?
         };
         let load = started.elapsed();
 
-        let cfg = self.preprocess.clone();
+        let cfg = self.parts.preprocess.clone();
         let max_pixels = self.max_pixels;
         let faces = self.faces.clone();
         // One decode serves CLIP and the faces: it keeps what both need.
@@ -467,7 +477,7 @@ impl EmbeddingService {
         work: impl FnOnce() -> Result<T, preprocess::PreprocessError> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, ImageError>> {
         let (tx, rx) = oneshot::channel();
-        self.decode_pool.spawn(move || {
+        self.parts.decode_pool.spawn(move || {
             let _ = tx.send(work());
         });
         async move { Ok(rx.await.map_err(|_| ImageError::DecodeWorkerStopped)??) }
@@ -479,8 +489,9 @@ impl EmbeddingService {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             out.push(
-                self.store
-                    .get_blob(&self.model_id, &thumbnail_blob(key))
+                self.parts
+                    .store
+                    .get_blob(&self.parts.model_id, &thumbnail_blob(key))
                     .await?,
             );
         }
@@ -498,9 +509,9 @@ impl EmbeddingService {
         let mut failed = Vec::new();
         for key in keys {
             let made = async {
-                let bytes = self.source.fetch(key).await?;
+                let bytes = self.parts.source.fetch(key).await?;
                 let max_pixels = self.max_pixels;
-                let min_edge = self.decode_mode.min_decode_size(&self.preprocess);
+                let min_edge = self.decode_mode.min_decode_size(&self.parts.preprocess);
                 self.on_decode_pool(move || {
                     preprocess::decode_image_scaled(&bytes, max_pixels, min_edge)
                         .and_then(|d| preprocess::thumbnail_jpeg(&d, long_side))
@@ -510,8 +521,9 @@ impl EmbeddingService {
             .await;
             match made {
                 Ok(jpeg) => {
-                    self.store
-                        .put_blob(&self.model_id, &thumbnail_blob(key), &jpeg)
+                    self.parts
+                        .store
+                        .put_blob(&self.parts.model_id, &thumbnail_blob(key), &jpeg)
                         .await?
                 }
                 Err(error) => failed.push(ImageFailure {

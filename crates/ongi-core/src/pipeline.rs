@@ -17,7 +17,7 @@ use crate::analysis::score::{ScoreHead, ScoreHeadError};
 use crate::analysis::taxonomy::{Taxonomy, TaxonomyError};
 use crate::analysis::{AnalysisConfig, AnalysisError, Analyzer};
 use crate::batcher::{Batcher, BatcherConfig};
-use crate::embedding::{EmbeddingService, PipelineConfig};
+use crate::embedding::{EmbeddingService, PipelineConfig, ServiceParts};
 use crate::encoder::{ClipImageEncoder, ClipTextEncoder};
 use crate::faces::FaceFinder;
 use crate::preprocess::{DecodeMode, PreprocessConfig, PreprocessError};
@@ -254,13 +254,16 @@ impl Pipeline {
         let texts = TextEmbeddings::new(text, store.clone(), model_id.clone());
         let source_description = source.describe();
         let source_public = source.public_description();
-        let embedding = EmbeddingService::new(
-            Arc::new(source),
-            store.clone(),
+        let parts = ServiceParts {
+            source: Arc::new(source),
+            store: store.clone(),
             batcher,
-            Arc::new(decode_pool),
-            Arc::new(preprocess),
+            decode_pool: Arc::new(decode_pool),
+            preprocess: Arc::new(preprocess),
             model_id,
+        };
+        let embedding = EmbeddingService::new(
+            parts,
             &PipelineConfig {
                 max_concurrent_fetches: options.max_concurrent_fetches,
                 max_pixels: options.max_pixels,
