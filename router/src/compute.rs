@@ -71,15 +71,6 @@ impl Compute {
             "{} ({}; kernel {kernel})",
             self.precision, self.precision_reason
         );
-        let features = CpuFeatures::get();
-        if self.device.is_cpu() && !self.precision.native_on_cpu(&features) {
-            tracing::warn!(
-                "{} has no native support on this CPU ({}): it runs slower than f32; \
-                 --dtype auto picks the fastest precision here",
-                self.precision,
-                features.flags()
-            );
-        }
         line
     }
 }
@@ -113,6 +104,15 @@ impl ComputeArgs {
         }
         let device = parse_device(&self.device)?;
         let (precision, precision_reason) = self.dtype.resolve(&device);
+        // Said once, when the precision is chosen, however often it is described.
+        let features = CpuFeatures::get();
+        if device.is_cpu() && !precision.native_on_cpu(&features) {
+            tracing::warn!(
+                "{precision} has no native support on this CPU ({}): it runs slower than f32; \
+                 --dtype auto picks the fastest precision here",
+                features.flags()
+            );
+        }
         Ok(Compute {
             device,
             precision,

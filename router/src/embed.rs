@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
@@ -170,13 +169,15 @@ fn embed_images(args: &EmbedArgs, compute: &Compute, out: &mut impl Write) -> Re
             Input::File(path) => (path.display().to_string(), root_key(&path)),
         })
         .collect();
+    let defaults =
+        PipelineOptions::new("/", MEMORY_SPEC, compute.device.clone(), compute.precision);
     let options = PipelineOptions {
         decode_workers: args.decode_workers.unwrap_or(compute.threads).max(1),
         decode_mode: args.decode.mode,
         batcher: BatcherConfig {
             max_batch_size: args.batch_size,
-            max_wait: Duration::from_millis(5),
             queue_capacity: 4 * STEP,
+            ..defaults.batcher.clone()
         },
         // Hard links are refused in a server's image root because they can
         // name files outside it; here every file is the user's own choice.
@@ -185,7 +186,7 @@ fn embed_images(args: &EmbedArgs, compute: &Compute, out: &mut impl Write) -> Re
             ..SourceLimits::default()
         },
         face_model: args.face_model.clone(),
-        ..PipelineOptions::new("/", MEMORY_SPEC, compute.device.clone(), compute.precision)
+        ..defaults
     };
     let progress = crate::progress::bar(inputs.len() as u64, "images");
     let failures = crate::pipeline::runtime()?.block_on(async {
@@ -247,10 +248,13 @@ fn write_record(
     record: &FeatureRecord,
     normalize: bool,
 ) -> Result<()> {
-    let mut embedding = record.embedding.clone();
-    if normalize {
-        l2_normalize(&mut embedding);
-    }
+    let embedding = if normalize {
+        let mut row = record.embedding.clone();
+        l2_normalize(&mut row);
+        std::borrow::Cow::Owned(row)
+    } else {
+        std::borrow::Cow::Borrowed(record.embedding.as_slice())
+    };
     let faces: Option<Vec<Face<'_>>> = record.faces.as_ref().map(|faces| {
         faces
             .iter()

@@ -172,8 +172,14 @@ fn open_routes() -> Vec<Route> {
     ]
 }
 
-/// The OpenAPI document served at `/openapi.json`.
-pub fn openapi_doc() -> utoipa::openapi::OpenApi {
+/// The OpenAPI document served at `/openapi.json`, built once.
+pub fn openapi_doc() -> &'static utoipa::openapi::OpenApi {
+    static DOC: std::sync::LazyLock<utoipa::openapi::OpenApi> =
+        std::sync::LazyLock::new(build_openapi_doc);
+    &DOC
+}
+
+fn build_openapi_doc() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::{Content, Ref, ResponseBuilder};
     let mut doc = ApiDoc::openapi();
     // Every route behind the API-key check may answer 403: said once here
