@@ -55,16 +55,6 @@ pub struct SearchRequest {
     pub top_k: Option<usize>,
 }
 
-/// The answer of `POST /api/albums/search`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SearchResponse {
-    /// `success`.
-    pub message: String,
-    /// The best-matching photos, best first; `score` is the cosine between
-    /// the photo's and the query's CLIP embeddings.
-    pub data: Vec<ImageScore>,
-}
-
 /// One photo's highlight score.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ImageScore {
@@ -81,33 +71,6 @@ pub struct CategoryScores {
     pub category: String,
     /// One score per requested image.
     pub images: Vec<ImageScore>,
-}
-
-/// The answer of `POST /api/albums/duplicates`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DuplicatesResponse {
-    /// `success`.
-    pub message: String,
-    /// Groups of duplicate keys (singletons omitted).
-    pub data: Vec<Vec<String>>,
-}
-
-/// The answer of `POST /api/albums/quality`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QualityResponse {
-    /// `success`.
-    pub message: String,
-    /// Keys of low-quality photos.
-    pub data: Vec<String>,
-}
-
-/// The answer of `POST /api/albums/people`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PeopleResponse {
-    /// `success`.
-    pub message: String,
-    /// One entry per person, most faces first.
-    pub data: Vec<PersonFaces>,
 }
 
 /// One person of an album.
@@ -141,31 +104,48 @@ impl From<ongi_core::analysis::people::Person> for PersonFaces {
     }
 }
 
-/// The answer of `POST /api/albums/categories`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CategoriesResponse {
-    /// `success`.
-    pub message: String,
-    /// Themed groups; every requested key exactly once.
-    pub data: Vec<CategoryImages>,
+/// A success answer, `{"message": "success", "data": ...}`: one named
+/// type per route, so each has its own schema in the OpenAPI document.
+macro_rules! success_answers {
+    ($($(#[$doc:meta])* $name:ident => $data:ty;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Serialize, ToSchema)]
+        pub struct $name {
+            /// `success`.
+            pub message: String,
+            pub data: $data,
+        }
+
+        impl $name {
+            /// The answer carrying `data`.
+            pub fn success(data: $data) -> Self {
+                Self { message: "success".into(), data }
+            }
+        }
+    )*};
 }
 
-/// The answer of `POST /api/albums/score`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ScoreResponse {
-    /// `success`.
-    pub message: String,
-    /// Scores per category.
-    pub data: Vec<CategoryScores>,
-}
-
-/// The answer of `POST /api/albums/embedding`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EmbeddingResponse {
-    /// `success`.
-    pub message: String,
-    /// `null` when every image was embedded, else the keys that could not be loaded or decoded.
-    pub data: Option<Vec<String>>,
+success_answers! {
+    /// The answer of `POST /api/albums/embedding`; `data` is `null` when
+    /// every image was embedded, else the keys that could not be loaded or decoded.
+    EmbeddingResponse => Option<Vec<String>>;
+    /// The answer of `POST /api/albums/duplicates`; `data` holds groups of
+    /// duplicate keys (singletons omitted).
+    DuplicatesResponse => Vec<Vec<String>>;
+    /// The answer of `POST /api/albums/quality`; `data` holds the keys of low-quality photos.
+    QualityResponse => Vec<String>;
+    /// The answer of `POST /api/albums/people`; `data` holds one entry per
+    /// person, most faces first.
+    PeopleResponse => Vec<PersonFaces>;
+    /// The answer of `POST /api/albums/categories`; `data` holds themed
+    /// groups, every requested key exactly once.
+    CategoriesResponse => Vec<CategoryImages>;
+    /// The answer of `POST /api/albums/score`; `data` holds scores per category.
+    ScoreResponse => Vec<CategoryScores>;
+    /// The answer of `POST /api/albums/search`; `data` holds the
+    /// best-matching photos, best first (`score` is the cosine between the
+    /// photo's and the query's CLIP embeddings).
+    SearchResponse => Vec<ImageScore>;
 }
 
 /// Every non-success answer: `{"message": code, "data": details}`.

@@ -125,13 +125,67 @@ enum Verb {
     Post,
 }
 
+/// An error answer a route can give; documented from the route table, so
+/// each is described once for every route that gives it.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Invalid,
+    Forbidden,
+    NotEmbedded,
+    Internal,
+    Busy,
+}
+
+impl Refusal {
+    fn status(self) -> &'static str {
+        match self {
+            Refusal::Invalid => "400",
+            Refusal::Forbidden => "403",
+            Refusal::NotEmbedded => "428",
+            Refusal::Internal => "500",
+            Refusal::Busy => "503",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Refusal::Invalid => {
+                "Empty list or malformed body, too many images or body over the size limit"
+            }
+            Refusal::Forbidden => "Missing or wrong API key (when `--api-key` is set)",
+            Refusal::NotEmbedded => "`data` lists the keys lacking cached features",
+            Refusal::Internal => {
+                "Feature store or model failure (the cause is logged, not answered)"
+            }
+            Refusal::Busy => "Inference queue full; see Retry-After",
+        }
+    }
+}
+
+/// What a route that embeds photos can refuse.
+const EMBEDS: &[Refusal] = &[
+    Refusal::Invalid,
+    Refusal::Forbidden,
+    Refusal::Internal,
+    Refusal::Busy,
+];
+/// What a route that reads cached features can refuse.
+const READS_FEATURES: &[Refusal] = &[
+    Refusal::Invalid,
+    Refusal::Forbidden,
+    Refusal::NotEmbedded,
+    Refusal::Internal,
+];
+
 /// One route: the router is built from these tables, and a test compares
 /// them with the OpenAPI document, so neither can miss a route.
 struct Route {
-    /// Also in `handler`; kept to document the route (its 403) and to compare with the document.
+    /// Also in `handler`; kept to document the route and to compare with the document.
     verb: Verb,
     path: &'static str,
     handler: MethodRouter<Arc<AppState>>,
+    /// Its error answers, added to the document where its annotation has none.
+    refusals: &'static [Refusal],
 }
 
 fn route<H, T>(verb: Verb, path: &'static str, handler: H) -> Route
@@ -147,19 +201,26 @@ where
         verb,
         path,
         handler: axum::routing::on(filter, handler),
+        refusals: &[],
+    }
+}
+
+impl Route {
+    fn refusing(self, refusals: &'static [Refusal]) -> Route {
+        Route { refusals, ..self }
     }
 }
 
 /// The album routes (behind the API key and the body-size check).
 fn api_routes() -> Vec<Route> {
     vec![
-        route(Verb::Post, "/api/albums/embedding", routes::embedding),
-        route(Verb::Post, "/api/albums/duplicates", routes::duplicates),
-        route(Verb::Post, "/api/albums/quality", routes::quality),
-        route(Verb::Post, "/api/albums/categories", routes::categories),
-        route(Verb::Post, "/api/albums/score", routes::score),
-        route(Verb::Post, "/api/albums/people", routes::people),
-        route(Verb::Post, "/api/albums/search", routes::search),
+        route(Verb::Post, "/api/albums/embedding", routes::embedding).refusing(EMBEDS),
+        route(Verb::Post, "/api/albums/duplicates", routes::duplicates).refusing(EMBEDS),
+        route(Verb::Post, "/api/albums/quality", routes::quality).refusing(READS_FEATURES),
+        route(Verb::Post, "/api/albums/categories", routes::categories).refusing(READS_FEATURES),
+        route(Verb::Post, "/api/albums/score", routes::score).refusing(READS_FEATURES),
+        route(Verb::Post, "/api/albums/people", routes::people).refusing(READS_FEATURES),
+        route(Verb::Post, "/api/albums/search", routes::search).refusing(READS_FEATURES),
     ]
 }
 
@@ -182,26 +243,26 @@ pub fn openapi_doc() -> &'static utoipa::openapi::OpenApi {
 fn build_openapi_doc() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::{Content, Ref, ResponseBuilder};
     let mut doc = ApiDoc::openapi();
-    // Every route behind the API-key check may answer 403: said once here
-    // for all of them, from the same table the router is built from.
-    let forbidden = ResponseBuilder::new()
-        .description("Missing or wrong API key (when `--api-key` is set)")
-        .content(
-            "application/json",
-            Content::new(Some(Ref::from_schema_name("ErrorResponse"))),
-        )
-        .build();
-    for route in api_routes() {
+    for route in api_routes().into_iter().chain(open_routes()) {
         let item = doc.paths.paths.get_mut(route.path);
         let operation = match route.verb {
             Verb::Get => item.and_then(|i| i.get.as_mut()),
             Verb::Post => item.and_then(|i| i.post.as_mut()),
         };
-        if let Some(operation) = operation {
+        let Some(operation) = operation else { continue };
+        for refusal in route.refusals {
+            let response = ResponseBuilder::new()
+                .description(refusal.description())
+                .content(
+                    "application/json",
+                    Content::new(Some(Ref::from_schema_name("ErrorResponse"))),
+                )
+                .build();
             operation
                 .responses
                 .responses
-                .insert("403".into(), forbidden.clone().into());
+                .entry(refusal.status().into())
+                .or_insert_with(|| response.into());
         }
     }
     doc
@@ -440,6 +501,22 @@ mod tests {
                 assert_eq!(has, guarded.contains(path), "403 on {path}");
             }
         }
+        // Every route documents each error answer its table entry names.
+        let mut checked = 0;
+        for route in api_routes() {
+            let op = doc.paths.paths[route.path].post.as_ref().unwrap();
+            for refusal in route.refusals {
+                let status = refusal.status();
+                assert!(
+                    op.responses.responses.contains_key(status),
+                    "{status} on {}",
+                    route.path
+                );
+                checked += 1;
+            }
+            assert!(op.responses.responses.contains_key("201"), "{}", route.path);
+        }
+        assert_eq!(checked, 7 * 4);
         // Every schema a documented body refers to is in the document.
         let json = serde_json::to_string(&doc).unwrap();
         let schemas = doc.components.as_ref().map(|c| &c.schemas).unwrap();

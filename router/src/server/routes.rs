@@ -8,9 +8,10 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ongi_core::analysis::AnalysisError;
-use ongi_core::embedding::{log_timings, EmbedError};
+use ongi_core::embedding::{log_timings, EmbedError, EmbedReport};
 use ongi_core::features::FeatureRecord;
 use ongi_core::untrusted::{echo_key, Untrusted};
+use serde::Serialize;
 
 use super::api::{
     self, created, ApiError, CategoriesRequest, CategoriesResponse, CategoryImages, CategoryScores,
@@ -20,8 +21,6 @@ use super::api::{
 };
 use super::limits::{check_image_count, JsonBody};
 use super::AppState;
-
-const SUCCESS: &str = "success";
 
 /// Photos a search answers when the request names no `top_k`.
 const DEFAULT_TOP_K: usize = 10;
@@ -36,6 +35,21 @@ fn embed_error(app: &AppState, err: EmbedError) -> ApiError {
 fn store_error(app: &AppState, err: &dyn std::fmt::Display) -> ApiError {
     tracing::error!(error = %err, store = %app.pipeline.store.describe(), "feature store failed");
     ApiError::Internal
+}
+
+/// Embeds what the cache lacks of `keys`; the stage times are logged when
+/// anything was read.
+async fn embed(app: &AppState, keys: &[String]) -> Result<EmbedReport, ApiError> {
+    let report = app
+        .pipeline
+        .embedding
+        .embed(keys)
+        .await
+        .map_err(|e| embed_error(app, e))?;
+    if report.embedded > 0 || !report.failed.is_empty() {
+        log_timings(keys.len(), &report);
+    }
+    Ok(report)
 }
 
 /// The keys of an `{"images": [...]}` body, checked as [`request_keys`] does.
@@ -77,43 +91,35 @@ async fn cached_records(
         .collect())
 }
 
+/// What every handler shares.
+type Shared = State<Arc<AppState>>;
+/// A handler's answer: the contract's envelope either way.
+type Answer = Result<Response, ApiError>;
+
 /// An analysis answer (201), its time recorded per route.
 fn answered(
     route: &'static str,
     started: Instant,
     images: usize,
-    response: impl serde::Serialize,
-) -> Result<Response, ApiError> {
+    answer: impl Serialize,
+) -> Answer {
     let elapsed = started.elapsed();
     metrics::histogram!("ongi_analysis_seconds", "route" => route).record(elapsed.as_secs_f64());
     tracing::info!(route, images, ms = elapsed.as_secs_f64() * 1e3, "analysis");
-    Ok(created(response))
+    Ok(created(answer))
 }
 
+// The error answers each route can give (400, 403, 428, 500, 503) are added
+// to the OpenAPI document from the route table; an annotation names an error
+// only where its route has a reason of its own.
+
 /// Embeds and caches every photo of the album.
-#[utoipa::path(
-    post,
-    path = "/api/albums/embedding",
-    request_body = ImagesRequest,
-    responses(
-        (status = 201, description = "All photos embedded (`data` null), or the keys that failed", body = EmbeddingResponse),
-        (status = 400, description = "Empty list or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 500, description = "Feature store failure", body = api::ErrorResponse),
-        (status = 503, description = "Inference queue full; see Retry-After", body = api::ErrorResponse),
-    )
-)]
-pub async fn embedding(
-    State(app): State<Arc<AppState>>,
-    body: JsonBody,
-) -> Result<Response, ApiError> {
+#[utoipa::path(post, path = "/api/albums/embedding", request_body = ImagesRequest, responses(
+    (status = 201, description = "All photos embedded (`data` null), or the keys that failed", body = EmbeddingResponse),
+))]
+pub async fn embedding(State(app): Shared, body: JsonBody) -> Answer {
     let keys = image_keys(&app, &body)?;
-    let report = app
-        .pipeline
-        .embedding
-        .embed(&keys)
-        .await
-        .map_err(|e| embed_error(&app, e))?;
-    log_timings(keys.len(), &report);
+    let report = embed(&app, &keys).await?;
     for failure in &report.failed {
         tracing::warn!(
             key = %Untrusted(&failure.key),
@@ -121,100 +127,46 @@ pub async fn embedding(
             "image failed"
         );
     }
-    let data = (!report.failed.is_empty())
+    let failed = (!report.failed.is_empty())
         .then(|| report.failed.iter().map(|f| echo_key(&f.key)).collect());
-    Ok(created(EmbeddingResponse {
-        message: SUCCESS.into(),
-        data,
-    }))
+    Ok(created(EmbeddingResponse::success(failed)))
 }
 
 /// Groups of near-identical photos; photos without a record are embedded first.
-#[utoipa::path(
-    post,
-    path = "/api/albums/duplicates",
-    request_body = ImagesRequest,
-    responses(
-        (status = 201, description = "Duplicate groups (singletons omitted)", body = DuplicatesResponse),
-        (status = 400, description = "Empty list or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 503, description = "Inference queue full; see Retry-After", body = api::ErrorResponse),
-    )
-)]
-pub async fn duplicates(
-    State(app): State<Arc<AppState>>,
-    body: JsonBody,
-) -> Result<Response, ApiError> {
+#[utoipa::path(post, path = "/api/albums/duplicates", request_body = ImagesRequest, responses(
+    (status = 201, description = "Duplicate groups (singletons omitted)", body = DuplicatesResponse),
+))]
+pub async fn duplicates(State(app): Shared, body: JsonBody) -> Answer {
     let keys = image_keys(&app, &body)?;
     // The original loaded pixels here; ongi embeds only what the cache lacks.
-    let report = app
-        .pipeline
-        .embedding
-        .embed(&keys)
-        .await
-        .map_err(|e| embed_error(&app, e))?;
-    if report.embedded > 0 || !report.failed.is_empty() {
-        log_timings(keys.len(), &report);
-    }
+    let report = embed(&app, &keys).await?;
     let started = Instant::now();
     // Photos that could not be embedded cannot be duplicates of anything.
     let present = report.records;
     let groups = app.analyzer.duplicates(&present);
-    answered(
-        "duplicates",
-        started,
-        present.len(),
-        DuplicatesResponse {
-            message: SUCCESS.into(),
-            data: groups,
-        },
-    )
+    let answer = DuplicatesResponse::success(groups);
+    answered("duplicates", started, present.len(), answer)
 }
 
 /// Low-quality photos (Laplacian blur test or CLIP-IQA dual threshold).
-#[utoipa::path(
-    post,
-    path = "/api/albums/quality",
-    request_body = ImagesRequest,
-    responses(
-        (status = 201, description = "Keys of low-quality photos", body = QualityResponse),
-        (status = 400, description = "Empty list or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
-    )
-)]
-pub async fn quality(
-    State(app): State<Arc<AppState>>,
-    body: JsonBody,
-) -> Result<Response, ApiError> {
+#[utoipa::path(post, path = "/api/albums/quality", request_body = ImagesRequest, responses(
+    (status = 201, description = "Keys of low-quality photos", body = QualityResponse),
+))]
+pub async fn quality(State(app): Shared, body: JsonBody) -> Answer {
     let keys = image_keys(&app, &body)?;
     let started = Instant::now();
     let records = cached_records(&app, &keys).await?;
-    let low = app.analyzer.low_quality(&records);
-    answered(
-        "quality",
-        started,
-        records.len(),
-        QualityResponse {
-            message: SUCCESS.into(),
-            data: low,
-        },
-    )
+    let answer = QualityResponse::success(app.analyzer.low_quality(&records));
+    answered("quality", started, records.len(), answer)
 }
 
 /// Persons in the album: the faces found while embedding, clustered.
-#[utoipa::path(
-    post,
-    path = "/api/albums/people",
-    request_body = ImagesRequest,
-    responses(
-        (status = 201, description = "One entry per person, most faces first", body = PeopleResponse),
-        (status = 400, description = "This server has no face models (`--face-model`); or an empty list, malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 428, description = "`data` lists the keys lacking cached features or faces (embedded before face models were enabled)", body = api::ErrorResponse),
-    )
-)]
-pub async fn people(
-    State(app): State<Arc<AppState>>,
-    body: JsonBody,
-) -> Result<Response, ApiError> {
+#[utoipa::path(post, path = "/api/albums/people", request_body = ImagesRequest, responses(
+    (status = 201, description = "One entry per person, most faces first", body = PeopleResponse),
+    (status = 400, description = "This server has no face models (`--face-model`); or an empty list, malformed body, too many images or body over the size limit", body = api::ErrorResponse),
+    (status = 428, description = "`data` lists the keys lacking cached features or faces (embedded before face models were enabled)", body = api::ErrorResponse),
+))]
+pub async fn people(State(app): Shared, body: JsonBody) -> Answer {
     let keys = image_keys(&app, &body)?;
     if !app.pipeline.embedding.finds_faces() {
         return Err(ApiError::InvalidRequest(
@@ -233,32 +185,16 @@ pub async fn people(
         return Err(ApiError::EmbeddingRequired(faceless));
     }
     let persons = app.analyzer.people(&records);
-    answered(
-        "people",
-        started,
-        records.len(),
-        PeopleResponse {
-            message: SUCCESS.into(),
-            data: persons.into_iter().map(PersonFaces::from).collect(),
-        },
-    )
+    let answer = PeopleResponse::success(persons.into_iter().map(PersonFaces::from).collect());
+    answered("people", started, records.len(), answer)
 }
 
 /// Themed categories by the representative-tag algorithm.
-#[utoipa::path(
-    post,
-    path = "/api/albums/categories",
-    request_body = CategoriesRequest,
-    responses(
-        (status = 201, description = "Groups; every requested key exactly once", body = CategoriesResponse),
-        (status = 400, description = "Empty list, malformed body or unknown concept, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
-    )
-)]
-pub async fn categories(
-    State(app): State<Arc<AppState>>,
-    body: JsonBody,
-) -> Result<Response, ApiError> {
+#[utoipa::path(post, path = "/api/albums/categories", request_body = CategoriesRequest, responses(
+    (status = 201, description = "Groups; every requested key exactly once", body = CategoriesResponse),
+    (status = 400, description = "Empty list, malformed body or unknown concept, too many images or body over the size limit", body = api::ErrorResponse),
+))]
+pub async fn categories(State(app): Shared, body: JsonBody) -> Answer {
     let request: CategoriesRequest = api::parse_body(&body)?;
     let keys = request_keys(&app, &request.images)?;
     let concepts = request.concepts.unwrap_or_default();
@@ -274,32 +210,18 @@ pub async fn categories(
                 ApiError::Internal
             }
         })?;
-    answered(
-        "categories",
-        started,
-        records.len(),
-        CategoriesResponse {
-            message: SUCCESS.into(),
-            data: groups
-                .into_iter()
-                .map(|(category, images)| CategoryImages { category, images })
-                .collect(),
-        },
-    )
+    let groups = groups
+        .into_iter()
+        .map(|(category, images)| CategoryImages { category, images });
+    let answer = CategoriesResponse::success(groups.collect());
+    answered("categories", started, records.len(), answer)
 }
 
 /// Highlight score of each photo, per category.
-#[utoipa::path(
-    post,
-    path = "/api/albums/score",
-    request_body = ScoreRequest,
-    responses(
-        (status = 201, description = "One score per requested image, in request order", body = ScoreResponse),
-        (status = 400, description = "Empty or malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
-    )
-)]
-pub async fn score(State(app): State<Arc<AppState>>, body: JsonBody) -> Result<Response, ApiError> {
+#[utoipa::path(post, path = "/api/albums/score", request_body = ScoreRequest, responses(
+    (status = 201, description = "One score per requested image, in request order", body = ScoreResponse),
+))]
+pub async fn score(State(app): Shared, body: JsonBody) -> Answer {
     let request: ScoreRequest = api::parse_body(&body)?;
     let all: Vec<String> = request
         .categories
@@ -316,47 +238,32 @@ pub async fn score(State(app): State<Arc<AppState>>, body: JsonBody) -> Result<R
         .iter()
         .map(|(k, r)| (k.as_str(), analyzer.score(r)))
         .collect();
+    let score_of = |image: &String| ImageScore {
+        image: image.clone(),
+        score: scores.get(image.as_str()).copied().unwrap_or(0.0),
+    };
     let data = request
         .categories
         .iter()
         .map(|c| CategoryScores {
             category: c.category.clone(),
-            images: c
-                .images
-                .iter()
-                .map(|k| ImageScore {
-                    image: k.clone(),
-                    score: scores.get(k.as_str()).copied().unwrap_or(0.0),
-                })
-                .collect(),
+            images: c.images.iter().map(score_of).collect(),
         })
         .collect();
     answered(
         "score",
         started,
         records.len(),
-        ScoreResponse {
-            message: SUCCESS.into(),
-            data,
-        },
+        ScoreResponse::success(data),
     )
 }
 
 /// Photos of the album matching a text query, by CLIP similarity.
-#[utoipa::path(
-    post,
-    path = "/api/albums/search",
-    request_body = SearchRequest,
-    responses(
-        (status = 201, description = "At most `top_k` photos, best first, each requested key at most once", body = SearchResponse),
-        (status = 400, description = "Empty image list or query, query too long, `top_k` 0, malformed body, too many images or body over the size limit", body = api::ErrorResponse),
-        (status = 428, description = "`data` lists the keys lacking cached features", body = api::ErrorResponse),
-    )
-)]
-pub async fn search(
-    State(app): State<Arc<AppState>>,
-    body: JsonBody,
-) -> Result<Response, ApiError> {
+#[utoipa::path(post, path = "/api/albums/search", request_body = SearchRequest, responses(
+    (status = 201, description = "At most `top_k` photos, best first, each requested key at most once", body = SearchResponse),
+    (status = 400, description = "Empty image list or query, query too long, `top_k` 0, malformed body, too many images or body over the size limit", body = api::ErrorResponse),
+))]
+pub async fn search(State(app): Shared, body: JsonBody) -> Answer {
     let request: SearchRequest = api::parse_body(&body)?;
     let keys = request_keys(&app, &request.images)?;
     let query =
@@ -373,18 +280,11 @@ pub async fn search(
         ApiError::Internal
     })?;
     let ranked = ongi_core::analysis::search(&records, &embedding, top_k);
-    answered(
-        "search",
-        started,
-        records.len(),
-        SearchResponse {
-            message: SUCCESS.into(),
-            data: ranked
-                .into_iter()
-                .map(|(image, score)| ImageScore { image, score })
-                .collect(),
-        },
-    )
+    let ranked = ranked
+        .into_iter()
+        .map(|(image, score)| ImageScore { image, score });
+    let answer = SearchResponse::success(ranked.collect());
+    answered("search", started, records.len(), answer)
 }
 
 /// Health and version: 200 when the inference worker runs, the feature
@@ -395,7 +295,7 @@ pub async fn search(
     (status = 200, body = HealthResponse),
     (status = 503, body = ErrorResponse, description = "the inference worker stopped, the feature store does not answer, or a Kafka worker stopped or reaches no broker")
 ))]
-pub async fn health(State(app): State<Arc<AppState>>) -> Result<Json<HealthResponse>, ApiError> {
+pub async fn health(State(app): Shared) -> Result<Json<HealthResponse>, ApiError> {
     let mut down = Vec::new();
     if !app.pipeline.embedding.batcher().is_running() {
         tracing::error!("health: the inference worker has stopped");
@@ -426,7 +326,7 @@ pub async fn health(State(app): State<Arc<AppState>>) -> Result<Json<HealthRespo
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+pub async fn metrics(State(app): Shared) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.prometheus.render(),
