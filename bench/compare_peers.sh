@@ -6,13 +6,16 @@
 #
 #   bench/compare_peers.sh [--batch-sizes 1,16] [--threads 1,2] [--images 32]
 #                          [--preprocess-images 8] [--rounds 3] [--no-preprocess]
-#                          [--no-memory]
+#                          [--pipeline-images 64] [--no-pipeline] [--no-memory]
 #
 # The image tower is timed in --rounds rounds, each running every engine at
 # every thread count in turn; the table shows each setting's median round.
 #
 # Preprocessing is timed for ongi's exact (PIL bit-exact) and fast
-# (DCT-scaled JPEG decode, the default) paths; then bench/serve_memory.sh
+# (DCT-scaled JPEG decode, the default) paths against PIL + transformers and
+# against OpenCV's reduced decode. End to end (photos/s from JPEG bytes to
+# stored features) ongi's serving path runs against OpenCV + OpenVINO and
+# the original's PIL + PyTorch. Then bench/serve_memory.sh
 # measures `ongi serve`'s peak RSS (skip with --no-memory).
 #
 # Environment:
@@ -40,6 +43,8 @@ THREADS=1,2
 IMAGES=32
 PRE_IMAGES=8
 DO_PRE=1
+DO_PIPE=1
+PIPE_IMAGES=64
 DO_MEM=1
 ROUNDS=3
 while [[ $# -gt 0 ]]; do
@@ -50,8 +55,10 @@ while [[ $# -gt 0 ]]; do
         --rounds) ROUNDS=$2; shift 2 ;;
         --preprocess-images) PRE_IMAGES=$2; shift 2 ;;
         --no-preprocess) DO_PRE=0; shift ;;
+        --pipeline-images) PIPE_IMAGES=$2; shift 2 ;;
+        --no-pipeline) DO_PIPE=0; shift ;;
         --no-memory) DO_MEM=0; shift ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -66,7 +73,7 @@ log() { echo "[compare_peers] $*" >&2; }
 
 # --- 1. Python venv with the pinned peers ----------------------------------
 PY=$VENV/bin/python
-if ! "$PY" -c 'import torch, transformers, onnx, onnxruntime, openvino, PIL, numpy, safetensors, regex, tokenizers' 2>/dev/null; then
+if ! "$PY" -c 'import torch, transformers, onnx, onnxruntime, openvino, cv2, PIL, numpy, safetensors, regex, tokenizers' 2>/dev/null; then
     if [[ ! -x $PY ]]; then
         log "creating venv $VENV"
         mkdir -p "$(dirname "$VENV")"
@@ -147,9 +154,10 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-# --- 5. preprocessing: 12-MP JPEGs, ongi vs PIL + CLIPImageProcessor -------
+# --- 5. preprocessing: 12-MP JPEGs, ongi vs PIL + CLIPImageProcessor and
+# vs OpenCV's reduced decode -------------------------------------------------
 PRE_ARGS=()
-if [[ $DO_PRE == 1 ]]; then
+if [[ $DO_PRE == 1 || $DO_PIPE == 1 ]]; then
     SRC=${ONGI_BENCH_PHOTO_SRC:-/usr/share/backgrounds/mate/nature}
     if ! compgen -G "$SRC/*.jpg" > /dev/null; then
         SRC=$REPO/tests/fixtures/photos
@@ -159,6 +167,8 @@ if [[ $DO_PRE == 1 ]]; then
     log "12-MP photos in $PHOTOS (sources: $SRC)"
     "$PY" "$REPO/bench/peers.py" photos --out "$PHOTOS" --count 4 "${SRCS[@]}"
     mapfile -t PFILES < <(ls "$PHOTOS"/photo12mp_*.jpg)
+fi
+if [[ $DO_PRE == 1 ]]; then
     for mode in exact fast; do
         log "ongi-bench --preprocess --decode $mode (${#PFILES[@]} files, $PRE_IMAGES images)"
         "$ONGI_BENCH" --model "$MODEL" --preprocess "${PFILES[@]}" --images "$PRE_IMAGES" \
@@ -167,7 +177,32 @@ if [[ $DO_PRE == 1 ]]; then
     log "Python reference preprocessing"
     "$PY" "$REPO/bench/peers.py" preprocess --model "$MODEL" --images "$PRE_IMAGES" "${PFILES[@]}" \
         > "$WORK/py_pre.jsonl"
-    PRE_ARGS=(--ongi-pre "$WORK/ongi_pre.jsonl" --py-pre "$WORK/py_pre.jsonl")
+    log "OpenCV reduced-decode preprocessing"
+    "$PY" "$REPO/bench/peers.py" preprocess-cv --model "$MODEL" --images "$PRE_IMAGES" "${PFILES[@]}" \
+        > "$WORK/cv_pre.jsonl"
+    PRE_ARGS=(--ongi-pre "$WORK/ongi_pre.jsonl" --py-pre "$WORK/py_pre.jsonl" --cv-pre "$WORK/cv_pre.jsonl")
+fi
+
+# --- 6. end to end: JPEG bytes -> stored features, per thread budget --------
+# ongi through its serving path (default decode, precision and decode
+# workers) against OpenCV + OpenVINO (f32 and bf16 hints, with and without
+# the pHash/blur work ongi's records also hold) and the original's PIL +
+# PyTorch f32.
+if [[ $DO_PIPE == 1 ]]; then
+    : > "$WORK/pipeline.jsonl"
+    log "ongi-bench --pipeline (${#PFILES[@]} files, $PIPE_IMAGES photos, threads $THREADS)"
+    "$ONGI_BENCH" --model "$MODEL" --pipeline "${PFILES[@]}" --threads "$THREADS" \
+        --images "$PIPE_IMAGES" --json >> "$WORK/pipeline.jsonl"
+    for t in "${TLIST[@]}"; do
+        for peer in "--engine cv-ov" "--engine cv-ov --ov-bf16" "--engine cv-ov --features" \
+                    "--engine cv-ov --ov-bf16 --features" "--engine original --features"; do
+            log "peers.py pipeline $peer, $t thread(s)"
+            # shellcheck disable=SC2086
+            "$PY" "$REPO/bench/peers.py" pipeline $peer --model "$MODEL" --threads "$t" \
+                --images "$PIPE_IMAGES" "${PFILES[@]}" >> "$WORK/pipeline.jsonl"
+        done
+    done
+    PRE_ARGS+=(--pipe "$WORK/pipeline.jsonl")
 fi
 
 log "load after: $(uptime)"

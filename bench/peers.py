@@ -21,6 +21,21 @@ Subcommands (each prints JSON lines on stdout, logs on stderr):
         Times the Python reference pipeline on files read into memory first:
         PIL open + EXIF transpose + convert('RGB') + transformers' PIL-based
         CLIPImageProcessor from DIR. Single thread.
+  preprocess-cv --model DIR --images N FILE...
+        Times the pipeline a Python user would assemble with OpenCV on the
+        same files: imdecode(IMREAD_REDUCED_COLOR_4) (libjpeg's 1/4 DCT
+        scaling, EXIF applied) + INTER_AREA resize of the short side to the
+        crop + centre crop + normalise to CHW f32. Single thread.
+  pipeline --engine cv-ov|original --model DIR --threads T --images N
+        [--batch-size 16] [--features] FILE...
+        Photos/s end to end from JPEG bytes in memory to image features,
+        on T CPUs (the process is pinned to T of them): a pool of T decode
+        threads feeds batches to the model on T compute threads. cv-ov:
+        the preprocess-cv pipeline feeding OpenVINO (DIR/vision.onnx) at
+        its best precision here; original: PIL + transformers'
+        CLIPImageProcessor feeding PyTorch f32, as the original server
+        ran. --features adds, per photo, what ongi's records also hold:
+        OpenCV's greyscale decode, img_hash pHash and the blur variance.
   photos --out DIR --count K SRC...
         Writes K 4000x3000 quality-90 JPEGs (12 MP) upscaled from SRC images.
   table --ongi F [--ongi F...] --peer F [--peer F...] [--ongi-pre F --py-pre F]
@@ -322,6 +337,138 @@ def cmd_pixels(args) -> None:
     }), flush=True)
 
 
+
+def cv_clip_input(cv2, np, buf, size: int, mean, std):
+    """OpenCV reduced decode to a normalised [3, size, size] f32 crop."""
+    bgr = cv2.imdecode(buf, cv2.IMREAD_REDUCED_COLOR_4)
+    if bgr is None:
+        raise ValueError("cannot decode")
+    h, w = bgr.shape[:2]
+    scale = size / min(h, w)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    small = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    crop = cv2.cvtColor(small[top:top + size, left:left + size], cv2.COLOR_BGR2RGB)
+    x = (crop.astype(np.float32) * (1.0 / 255.0) - mean) / std
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def cv_pixel_features(cv2, buf, hasher) -> float:
+    """The original's per-photo pixel work: grey decode, pHash, blur variance."""
+    grey = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    hasher.compute(grey)
+    h, w = grey.shape
+    scale = 300 / max(h, w)
+    small = cv2.resize(grey, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_AREA)
+    return cv2.Laplacian(small, cv2.CV_64F).var()
+
+
+def model_norm(model_dir: Path):
+    cfg = json.loads((Path(model_dir) / "preprocessor_config.json").read_text())
+    crop = cfg.get("crop_size", 224)
+    size = crop if isinstance(crop, int) else crop.get("height", 224)
+    return size, cfg["image_mean"], cfg["image_std"]
+
+
+def cmd_preprocess_cv(args) -> None:
+    pin_threads(1)
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(1)
+    size, mean, std = model_norm(args.model)
+    mean = np.array(mean, np.float32)
+    std = np.array(std, np.float32)
+    files = [np.frombuffer(Path(f).read_bytes(), np.uint8) for f in args.files]
+    r = timed_per_file(lambda b: cv_clip_input(cv2, np, b, size, mean, std), files,
+                       args.images, args.warmup)
+    print(json.dumps({
+        "mode": "preprocess",
+        "engine": f"OpenCV {cv2.__version__} IMREAD_REDUCED_COLOR_4 + INTER_AREA + crop + normalise",
+        **r,
+        "peak_rss_mb": peak_rss_mb(),
+    }), flush=True)
+
+
+def cmd_pipeline(args) -> None:
+    t = args.threads
+    # The thread budget is enforced, not just asked for: T CPUs in all.
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < t:
+        sys.exit(f"pipeline: --threads {t} but only {len(cpus)} CPUs are available")
+    os.sched_setaffinity(0, cpus[:t])
+    pin_threads(t)
+    import concurrent.futures as cf
+
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(1)
+    size, mean, std = model_norm(args.model)
+    data = [Path(f).read_bytes() for f in args.files]
+    if not data:
+        sys.exit("pipeline: no files")
+    hasher = cv2.img_hash.PHash_create()
+    if args.engine == "cv-ov":
+        run, version = load_engine("ov-bf16" if args.ov_bf16 else "ov", Path(args.model), t)
+        mean_a, std_a = np.array(mean, np.float32), np.array(std, np.float32)
+
+        def one(b: bytes):
+            buf = np.frombuffer(b, np.uint8)
+            x = cv_clip_input(cv2, np, buf, size, mean_a, std_a)
+            if args.features:
+                cv_pixel_features(cv2, buf, hasher)
+            return x
+        engine = (f"OpenCV {cv2.__version__} reduced decode + {version}"
+                  f" {'bf16' if args.ov_bf16 else 'f32'}")
+    else:
+        from PIL import Image, ImageOps
+        try:
+            from transformers import CLIPImageProcessorPil as Proc
+        except ImportError:
+            from transformers import CLIPImageProcessor as Proc
+        proc = Proc.from_pretrained(str(args.model))
+        run, version = load_engine("torch", Path(args.model), t)
+
+        def one(b: bytes):
+            with Image.open(io.BytesIO(b)) as im:
+                im.load()
+                rgb = ImageOps.exif_transpose(im).convert("RGB")
+            x = proc(images=rgb, return_tensors="np")["pixel_values"][0]
+            if args.features:
+                cv_pixel_features(cv2, np.frombuffer(b, np.uint8), hasher)
+            return x
+        engine = f"PIL {Image.__version__} + CLIPImageProcessor + {version} f32"
+    if args.features:
+        engine += " + OpenCV grey decode, pHash, blur"
+
+    def embed_all(n: int) -> None:
+        batch = args.batch_size
+        with cf.ThreadPoolExecutor(max_workers=t) as pool:
+            futures = [pool.submit(one, data[i % len(data)]) for i in range(n)]
+            for start in range(0, n, batch):
+                xs = [f.result() for f in futures[start:start + batch]]
+                run(np.stack(xs).astype(np.float32))
+
+    embed_all(max(args.warmup, 1))
+    n = max(args.images, len(data))
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    embed_all(n)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    print(json.dumps({
+        "mode": "pipeline",
+        "engine": engine,
+        "threads": t,
+        "features": bool(args.features),
+        "files": len(data),
+        "images": n,
+        "images_per_sec": n / wall,
+        "cpu_avg_pct": 100.0 * cpu / wall,
+        "peak_rss_mb": peak_rss_mb(),
+    }), flush=True)
+
 def cmd_photos(args) -> None:
     from PIL import Image
 
@@ -430,6 +577,7 @@ def cmd_table(args) -> None:
         if best:
             print(f"  fastest peer: {best[0]}; fastest f32 peer: {best32[0] if best32 else '-'}")
 
+    pipeline_table(read_jsonl(args.pipe))
     op, pp = read_jsonl(args.ongi_pre), read_jsonl(args.py_pre)
     if op or pp:
         print()
@@ -451,6 +599,39 @@ def cmd_table(args) -> None:
             for name, r in rows[:-1]:
                 if r:
                     print(f"{name}/Python: {r['images_per_sec'] / p['images_per_sec']:.2f}x")
+        cv = read_jsonl(args.cv_pre)
+        if cv:
+            c = cv[0]
+            print(f"  OpenCV: {c.get('engine', '')}: {c['images_per_sec']:.2f} img/s")
+            for name, r in rows[:-1]:
+                if r:
+                    print(f"{name}/OpenCV: {r['images_per_sec'] / c['images_per_sec']:.2f}x")
+
+
+def pipeline_table(rows) -> None:
+    """End to end rows: ongi's (with its stage shares) and the peers', per thread budget."""
+    if not rows:
+        return
+    print()
+    print("End to end: 12-MP JPEG bytes in memory -> image features, photos/s; ratios to the")
+    print("fastest peer with the same thread budget (ongi's records always hold pHash and blur)")
+    for t in sorted({r["threads"] for r in rows}):
+        here = [r for r in rows if r["threads"] == t]
+        peers = [r for r in here if "stages" not in r]
+        best = max(peers, key=lambda r: r["images_per_sec"], default=None)
+        print(f"threads {t}")
+        print(f"  {'pipeline':<72} {'photos/s':>8} {'CPU%':>5} {'vs best':>8}  bound (busy decode/model)")
+        for r in here:
+            if "stages" in r:
+                st = r["stages"]
+                name = (f"ongi --decode {r['decode']}, {r['decode_workers']} decode workers"
+                        f" ({r['decode_workers_from']}), {r['precision'].split(' ')[0]}")
+                bound = f"{r['bound']} ({st['decode_workers_busy']:.2f}/{st['model_busy']:.2f})"
+            else:
+                name = r["engine"] + ("" if r.get("features") else " (no pHash/blur)")
+                bound = ""
+            vb = f"{r['images_per_sec'] / best['images_per_sec']:.2f}x" if best else "-"
+            print(f"  {name[:72]:<72} {r['images_per_sec']:>8.2f} {r.get('cpu_avg_pct', 0):>5.0f} {vb:>8}  {bound}")
 
 
 def csv_ints(s: str) -> list[int]:
@@ -484,6 +665,25 @@ def main() -> None:
     px.add_argument("files", nargs="+")
     px.set_defaults(func=cmd_pixels)
 
+    pc = sub.add_parser("preprocess-cv")
+    pc.add_argument("--model", required=True)
+    pc.add_argument("--images", type=int, default=8)
+    pc.add_argument("--warmup", type=int, default=1)
+    pc.add_argument("files", nargs="+")
+    pc.set_defaults(func=cmd_preprocess_cv)
+
+    pl = sub.add_parser("pipeline")
+    pl.add_argument("--engine", choices=["cv-ov", "original"], required=True)
+    pl.add_argument("--model", required=True)
+    pl.add_argument("--threads", type=int, required=True)
+    pl.add_argument("--images", type=int, default=32)
+    pl.add_argument("--warmup", type=int, default=4, help="untimed warm-up photos")
+    pl.add_argument("--batch-size", type=int, default=16)
+    pl.add_argument("--features", action="store_true")
+    pl.add_argument("--ov-bf16", action="store_true", help="cv-ov: OpenVINO's bf16 hint (else f32)")
+    pl.add_argument("files", nargs="+")
+    pl.set_defaults(func=cmd_pipeline)
+
     ph = sub.add_parser("photos")
     ph.add_argument("--out", required=True)
     ph.add_argument("--count", type=int, default=4)
@@ -499,7 +699,7 @@ def main() -> None:
     t = sub.add_parser("table")
     t.add_argument("--ongi", action="append", help="ongi JSON lines (one file per precision)")
     t.add_argument("--peer", action="append", help="a peer's JSON lines (one file per engine)")
-    for a in ("--ongi-pre", "--py-pre"):
+    for a in ("--ongi-pre", "--py-pre", "--cv-pre", "--pipe"):
         t.add_argument(a)
     t.set_defaults(func=cmd_table)
 

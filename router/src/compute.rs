@@ -8,7 +8,7 @@ use ongi_model::{CpuFeatures, Precision};
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DTypeArg {
     /// The fastest precision that keeps f32's answers on this device: bf16 on
-    /// a CPU with AMX or AVX512-BF16, f32 on other CPUs, f16 on CUDA.
+    /// a CPU with AMX, or AVX512-BF16 on AMD; f32 on other CPUs; f16 on CUDA.
     #[default]
     Auto,
     /// 32-bit float.

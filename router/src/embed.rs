@@ -172,7 +172,10 @@ fn embed_images(args: &EmbedArgs, compute: &Compute, out: &mut impl Write) -> Re
     let defaults =
         PipelineOptions::new("/", MEMORY_SPEC, compute.device.clone(), compute.precision);
     let options = PipelineOptions {
-        decode_workers: args.decode_workers.unwrap_or(compute.threads).max(1),
+        decode_workers: args
+            .decode_workers
+            .unwrap_or_else(|| crate::pipeline::default_decode_workers(compute.threads))
+            .max(1),
         decode_mode: args.decode.mode,
         batcher: BatcherConfig {
             max_batch_size: args.batch_size,

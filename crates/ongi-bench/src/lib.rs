@@ -3,5 +3,6 @@
 //! `ongi serve` with virtual users. Both binaries are one call each into here.
 
 pub mod loadtest;
+mod pipeline;
 mod proc_stats;
 pub mod tower;

@@ -65,6 +65,17 @@ pub struct BenchArgs {
     // The JPEG decoding mode that --preprocess times.
     #[command(flatten)]
     pub decode: DecodeArgs,
+    /// Time the whole embedding path instead (JPEG bytes in memory to stored
+    /// feature records: decode workers, pixel features, batcher, model,
+    /// store) over these image files or directories, per `--threads` budget.
+    #[arg(long, num_args = 1.., value_name = "PATH", conflicts_with = "preprocess")]
+    pub pipeline: Vec<PathBuf>,
+    /// With --pipeline: decode workers (default: as `ongi serve` sizes them).
+    #[arg(long)]
+    pub decode_workers: Option<usize>,
+    /// With --pipeline: the batcher's largest batch (as `ongi serve --batch-size`).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
     /// With --preprocess: also compute the pixel features (greyscale decode,
     /// pHash, blur variance), as the server does for every photo.
     #[arg(long)]
@@ -80,9 +91,9 @@ pub struct BenchArgs {
 
 /// What every timed loop reports (flattened into its `--json` line).
 #[derive(Serialize, Deserialize, Debug)]
-struct Timing {
-    images: usize,
-    images_per_sec: f64,
+pub(crate) struct Timing {
+    pub(crate) images: usize,
+    pub(crate) images_per_sec: f64,
     ms_per_image: f64,
     cpu_avg_pct: f64,
     cpu_peak_pct: f64,
@@ -134,7 +145,7 @@ struct PreprocessResult {
 /// Times `run` (which processes `images` images) after the untimed `warmup`:
 /// wall time, this process's CPU time and CPU peaks, and the peak RSS since the
 /// reset taken before the warm-up.
-fn timed(
+pub(crate) fn timed(
     images: usize,
     warmup: impl FnOnce() -> Result<()>,
     run: impl FnOnce() -> Result<()>,
@@ -175,6 +186,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if !args.preprocess.is_empty() {
         return bench_preprocess(&args);
+    }
+    if !args.pipeline.is_empty() {
+        if args.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        return crate::pipeline::bench_pipeline(&args);
     }
     if args.in_process {
         return bench_in_process(&args);
@@ -293,7 +310,7 @@ fn precision_label(p: Precision) -> String {
     }
 }
 
-fn dtype_name(d: DTypeArg) -> String {
+pub(crate) fn dtype_name(d: DTypeArg) -> String {
     use clap::ValueEnum;
     d.to_possible_value()
         .map_or_else(|| format!("{d:?}"), |v| v.get_name().to_string())
@@ -385,20 +402,22 @@ fn synthetic_pixels(batch: usize, size: usize, cfg: &PreprocessConfig) -> Result
     )?)
 }
 
-/// `--preprocess`: decode + preprocess of in-memory files, one thread.
-fn bench_preprocess(args: &BenchArgs) -> Result<()> {
-    let cfg = PreprocessConfig::from_model_dir(&args.model)?;
-    let decode = args.decode.mode;
+/// The bytes of every image file under `paths` that decodes; one that cannot
+/// be read or decoded is left out of the timing, with a line saying so
+/// (checked untimed, here).
+pub(crate) fn read_checked_files(
+    paths: &[PathBuf],
+    cfg: &PreprocessConfig,
+    decode: ongi_core::preprocess::DecodeMode,
+) -> Result<Vec<Vec<u8>>> {
     let mut files = Vec::new();
-    for input in inputs::expand(&args.preprocess) {
+    for input in inputs::expand(paths) {
         match input {
             Input::File(path) => {
-                // A file that cannot be read or decoded is left out of the
-                // timing, with a line saying so (checked untimed, here).
                 let checked = std::fs::read(&path)
                     .map_err(|e| e.to_string())
                     .and_then(|bytes| {
-                        preprocess::load_and_preprocess(&bytes, &cfg, decode)
+                        preprocess::load_and_preprocess(&bytes, cfg, decode)
                             .map(|_| bytes)
                             .map_err(|e| e.to_string())
                     });
@@ -411,18 +430,31 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
         }
     }
     if files.is_empty() {
-        bail!("--preprocess: no image files found");
+        bail!("no image files found");
     }
+    Ok(files)
+}
+
+/// `--preprocess`: decode + preprocess of in-memory files, one thread.
+fn bench_preprocess(args: &BenchArgs) -> Result<()> {
+    let cfg = PreprocessConfig::from_model_dir(&args.model)?;
+    let decode = args.decode.mode;
+    let files = read_checked_files(&args.preprocess, &cfg, decode)?;
     let images = args.images.max(files.len());
     let max_pixels = preprocess::DEFAULT_MAX_PIXELS;
     let min_size = decode.min_decode_size(&cfg);
     let run_images = |n: usize| -> Result<()> {
         for bytes in files.iter().cycle().take(n) {
-            // The server's steps, so that the grey decode reuses a PNG's or WebP's RGB.
-            let decoded = preprocess::decode_image_scaled(bytes, max_pixels, min_size)?;
+            // The server's steps: one decode serves the features where the
+            // mode says so, and a PNG's or WebP's RGB serves its grey.
+            let mut decoded = if args.pixel_features {
+                preprocess::decode_for_mode(bytes, max_pixels, min_size, decode)?
+            } else {
+                preprocess::decode_image_scaled(bytes, max_pixels, min_size)?
+            };
             std::hint::black_box(preprocess::preprocess_decoded(&decoded, &cfg));
             if args.pixel_features {
-                let grey = preprocess::decode_grey(bytes, max_pixels, Some(&decoded))?;
+                let grey = preprocess::feature_grey(bytes, max_pixels, &mut decoded)?;
                 std::hint::black_box(ongi_core::features::pixel_features(&grey));
             }
         }

@@ -131,6 +131,62 @@ fn bench_preprocess_reports_decode_throughput() {
 }
 
 #[test]
+fn bench_pipeline_reports_photos_per_second_and_stages() {
+    let photos = ongi_test_support::fixtures::repo().join("tests/fixtures/photos");
+    let files = [
+        photos.join("landscape_dune.jpg"),
+        photos.join("portrait_yellowflower.jpg"),
+        photos.join("rgb_garden.png"),
+    ];
+    let files: Vec<&str> = files.iter().map(|p| p.to_str().unwrap()).collect();
+    for decode in ["fast", "reduced"] {
+        let mut args = vec![
+            "--images",
+            "5",
+            "--threads",
+            "1",
+            "--decode",
+            decode,
+            "--pipeline",
+        ];
+        args.extend(&files);
+        let lines = run_json(&args);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        assert_eq!(line["mode"], "pipeline");
+        assert_eq!(line["decode"], decode);
+        assert_eq!(line["threads"], 1);
+        assert_eq!(line["decode_workers"], 1);
+        assert_eq!(line["decode_workers_from"], "default");
+        assert_eq!(line["files"], 3);
+        assert_eq!(line["failed"], 0);
+        assert_eq!(line["images"], 5);
+        check_timing(line);
+        let Some(Value::Object(stages)) = line.get("stages") else {
+            panic!("no stages in {line:?}");
+        };
+        for key in [
+            "load_s",
+            "decode_s",
+            "pixel_features_s",
+            "model_s",
+            "store_s",
+        ] {
+            assert!(number(stages, key) >= 0.0, "{key} in {stages:?}");
+        }
+        assert!(number(stages, "decode_s") > 0.0 && number(stages, "model_s") > 0.0);
+        for key in ["decode_workers_busy", "model_busy"] {
+            let share = number(stages, key);
+            assert!(share > 0.0 && share < 1.5, "{key} = {share}");
+        }
+        assert!(
+            line["bound"] == "decode" || line["bound"] == "model",
+            "{line:?}"
+        );
+    }
+}
+
+#[test]
 fn bench_preprocess_rejects_an_undecodable_file() {
     let root = ongi_test_support::fixtures::repo();
     let out = Command::new(env!("CARGO_BIN_EXE_ongi-bench"))

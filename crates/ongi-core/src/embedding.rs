@@ -132,6 +132,9 @@ pub struct RequestTimings {
     pub queue_wait: StageStats,
     /// The model time of the batch each image ran in.
     pub embed: StageStats,
+    /// This request's share of the model's busy time: each batch's time
+    /// divided evenly among its images, summed over this request's images.
+    pub model_busy: Duration,
     /// Reading and writing the feature store.
     pub store: Duration,
     /// The whole request.
@@ -147,6 +150,8 @@ struct ImageTimings {
     faces: Duration,
     queue_wait: Duration,
     embed: Duration,
+    /// `embed` divided by the batch's size.
+    model_share: Duration,
 }
 
 /// What the embedding pipeline is made of.
@@ -359,6 +364,7 @@ impl EmbeddingService {
             faces: StageStats::of(per_image.iter().map(|t| t.faces)),
             queue_wait: StageStats::of(per_image.iter().map(|t| t.queue_wait)),
             embed: StageStats::of(per_image.iter().map(|t| t.embed)),
+            model_busy: per_image.iter().map(|t| t.model_share).sum(),
             store: store_time,
             total: started.elapsed(),
         };
@@ -415,16 +421,18 @@ impl EmbeddingService {
                 None => m,
             });
         let thumbnail_side = self.thumbnails;
+        let mode = self.decode_mode;
         let decoded = self.on_decode_pool(move || {
             let t = Instant::now();
-            preprocess::decode_image_scaled(&bytes, max_pixels, min_edge).and_then(|d| {
+            preprocess::decode_for_mode(&bytes, max_pixels, min_edge, mode).and_then(|mut d| {
                 let decode = t.elapsed();
                 let t = Instant::now();
                 let pixels = preprocess::preprocess_decoded(&d, &cfg);
-                // pHash and blur are defined on OpenCV's full-size greyscale decode,
-                // whatever scale the model's pixels were decoded at, so fast and
-                // exact decoding give the same duplicate and blur answers.
-                let grey = preprocess::decode_grey(&bytes, max_pixels, Some(&d))?;
+                // pHash and blur run on OpenCV's full-size greyscale pixels:
+                // the exact decode's own luma, or a greyscale decode of their
+                // own beside a fast one; in reduced mode, on the reduced
+                // decode's luma.
+                let grey = preprocess::feature_grey(&bytes, max_pixels, &mut d)?;
                 let pixel_features = features::PixelFeatures {
                     width: d.width,
                     height: d.height,
@@ -466,6 +474,8 @@ impl EmbeddingService {
             faces: faces_time,
             queue_wait: embedded.queue_wait,
             embed: embedded.embed_time,
+            model_share: embedded.embed_time
+                / u32::try_from(embedded.batch_size.max(1)).unwrap_or(u32::MAX),
         };
         Ok((record, thumbnail, timings))
     }

@@ -16,7 +16,7 @@
 mod blur;
 mod phash;
 
-pub use blur::laplacian_variance;
+pub use blur::{laplacian_variance, LAPLACIAN_LONG_SIDE};
 pub use phash::phash;
 
 use image::GrayImage;

@@ -46,12 +46,13 @@ pub fn model_identity(dir: &Path) -> std::io::Result<String> {
 
 /// The identity under which features computed in `mode` are cached: `id` itself
 /// for exact decoding (the identity cached features always had), `id` + `-fast`
-/// for DCT-reduced decoding. Fast embeddings sit within cosine 0.995 of exact ones,
-/// not within the 0.99999 parity bar, so the two must not share cache entries.
+/// or `-reduced` for DCT-reduced decoding. Fast embeddings sit within cosine 0.995
+/// of exact ones, not within the 0.99999 parity bar, and reduced records' pixel
+/// features differ too, so no two modes share cache entries.
 pub fn with_decode_mode(id: &str, mode: DecodeMode) -> String {
     match mode {
         DecodeMode::Exact => id.to_owned(),
-        DecodeMode::Fast => format!("{id}-{}", mode.as_str()),
+        DecodeMode::Fast | DecodeMode::Reduced => format!("{id}-{}", mode.as_str()),
     }
 }
 
@@ -99,6 +100,10 @@ mod tests {
         assert_eq!(
             with_decode_mode("clip-ab", DecodeMode::Fast),
             "clip-ab-fast"
+        );
+        assert_eq!(
+            with_decode_mode("clip-ab", DecodeMode::Reduced),
+            "clip-ab-reduced"
         );
     }
 

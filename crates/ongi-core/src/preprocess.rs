@@ -16,9 +16,11 @@
 
 mod config;
 mod decode;
+mod decoded;
 mod grey;
 mod jpeg;
 pub mod resize;
+mod ycc;
 
 use std::path::PathBuf;
 
@@ -26,10 +28,11 @@ use image::RgbImage;
 
 pub use config::{PreprocessConfig, Resample, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 pub use decode::{
-    decode_image, decode_image_scaled, decode_image_with_limit, scale_denom_for, DecodeMode,
-    DecodedImage, MinDecodeSize, DEFAULT_MAX_PIXELS, FAST_SAFETY_FACTOR,
+    decode_for_mode, decode_image, decode_image_scaled, decode_image_with_limit,
+    decode_image_with_luma, DecodeMode, DEFAULT_MAX_PIXELS, FAST_SAFETY_FACTOR,
 };
-pub use grey::decode_grey;
+pub use decoded::{scale_denom_for, DecodedImage, MinDecodeSize};
+pub use grey::{decode_grey, feature_grey};
 
 /// Why an image or a preprocessing configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +157,7 @@ fn value_table(cfg: &PreprocessConfig) -> [[f32; 256]; 3] {
 /// the crop filled with the value of black padding, as transformers pads.
 pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
     let src_box = [0.0, 0.0, img.width() as f32, img.height() as f32];
-    preprocess_box(img, img.dimensions(), src_box, cfg)
+    preprocess_box(img, img.dimensions(), src_box, false, cfg)
 }
 
 /// [`preprocess`] of a possibly reduced decode: sizes and crop offsets come from
@@ -171,6 +174,7 @@ pub fn preprocess_decoded(decoded: &DecodedImage, cfg: &PreprocessConfig) -> Vec
         &decoded.image,
         (decoded.width, decoded.height),
         decoded.source_box,
+        decoded.scale_denom > 1,
         cfg,
     )
 }
@@ -181,6 +185,7 @@ fn preprocess_box(
     img: &RgbImage,
     full: (u32, u32),
     src_box: [f32; 4],
+    reduced: bool,
     cfg: &PreprocessConfig,
 ) -> Vec<f32> {
     let (src_w, src_h) = (u64::from(full.0), u64::from(full.1));
@@ -206,8 +211,14 @@ fn preprocess_box(
     let y1 = (top + ch as i64).min(rh as i64).max(y0);
 
     // Only the pixels that survive the crop are resampled; each is bit-identical to
-    // the same pixel of the full resize (see `resize`).
-    let window = resize::resample_window_box(
+    // the same pixel of the full resize (see `resize`). A reduced decode is the
+    // fast path already, which takes the cheaper pass order.
+    let resample = if reduced {
+        resize::resample_window_box_fast
+    } else {
+        resize::resample_window_box
+    };
+    let window = resample(
         img,
         src_box,
         (rw as usize, rh as usize),

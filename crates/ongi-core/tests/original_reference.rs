@@ -17,7 +17,7 @@ use ongi_core::analysis::score::ScoreHead;
 use ongi_core::analysis::{duplicate_groups, normalized, DuplicatesConfig};
 use ongi_core::features::{hamming, laplacian_variance, phash, pixel_features};
 use ongi_core::preprocess::{
-    decode_grey, decode_image_scaled, DecodeMode, PreprocessConfig, DEFAULT_MAX_PIXELS,
+    decode_for_mode, decode_grey, feature_grey, DecodeMode, PreprocessConfig, DEFAULT_MAX_PIXELS,
 };
 use ongi_test_support::fixtures::dir as fixtures;
 use serde_json::Value;
@@ -70,30 +70,59 @@ fn check_pixels(label: &str, grey: &GrayImage, want: &Value) -> Vec<String> {
     errors
 }
 
-/// Decodes as the server does in `mode` (colour for the model, grey for the features).
+/// The grey pixels the server computes the features on in `mode`.
 fn server_grey(bytes: &[u8], mode: DecodeMode) -> GrayImage {
     let cfg = PreprocessConfig::default();
-    let decoded =
-        decode_image_scaled(bytes, DEFAULT_MAX_PIXELS, mode.min_decode_size(&cfg)).unwrap();
-    decode_grey(bytes, DEFAULT_MAX_PIXELS, Some(&decoded)).unwrap()
+    let min = mode.min_decode_size(&cfg);
+    let mut decoded = decode_for_mode(bytes, DEFAULT_MAX_PIXELS, min, mode).unwrap();
+    feature_grey(bytes, DEFAULT_MAX_PIXELS, &mut decoded).unwrap()
 }
 
-/// Every photo of a reference set, in both decode modes, then its duplicate groups.
+fn blurry(var: f32) -> bool {
+    !ongi_core::analysis::quality::laplacian_passes(var, &QualityConfig::default())
+}
+
+fn named_duplicate_groups(hashes: &[u64], names: &[String]) -> Vec<Vec<String>> {
+    duplicate_groups(hashes, &[], &DuplicatesConfig::default())
+        .into_iter()
+        .map(|g| g.into_iter().map(|i| names[i].clone()).collect())
+        .collect()
+}
+
+/// Every photo of a reference set: OpenCV's grey, hash and blur measure, and
+/// the exact and fast pipelines', must be the original's; then the duplicate
+/// groups. The reduced pipeline computes the features on its reduced decode's
+/// luma: its duplicate groups and blur verdicts must still be the original's,
+/// and how far its hashes and blur measures moved is printed.
 fn check_photo_set(base: &Path, set: &Value) -> usize {
     let photos = set["photos"].as_array().unwrap();
     let mut errors = Vec::new();
-    let mut hashes = Vec::new();
-    let mut names = Vec::new();
+    let (mut hashes, mut fast_hashes, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut reduced, mut bits_moved, mut worst_blur_change) = (0, 0, 0.0f64);
     for want in photos {
         let file = want["file"].as_str().unwrap();
         let bytes = std::fs::read(base.join(file)).unwrap();
         let alone = decode_grey(&bytes, DEFAULT_MAX_PIXELS, None).unwrap();
         errors.extend(check_pixels(file, &alone, want));
-        for mode in [DecodeMode::Fast, DecodeMode::Exact] {
+        for mode in [DecodeMode::Exact, DecodeMode::Fast] {
             let grey = server_grey(&bytes, mode);
             assert!(grey == alone, "{file}: the {mode} pipeline's grey differs");
         }
+        let fast = server_grey(&bytes, DecodeMode::Reduced);
+        let (fast_hash, fast_var) = (phash(&fast), laplacian_variance(&fast));
+        if fast.dimensions() != alone.dimensions() {
+            reduced += 1;
+        }
+        bits_moved += hamming(fast_hash, phash(&alone));
+        let var = f64::from(laplacian_variance(&alone));
+        worst_blur_change = worst_blur_change.max((f64::from(fast_var) - var).abs() / var.max(1.0));
+        if blurry(fast_var) != want["blurry"].as_bool().unwrap() {
+            errors.push(format!(
+                "{file}: reduced pipeline's blur verdict flips (variance {fast_var} vs {var})"
+            ));
+        }
         hashes.push(phash(&alone));
+        fast_hashes.push(fast_hash);
         names.push(file.to_string());
     }
     assert!(
@@ -103,17 +132,27 @@ fn check_photo_set(base: &Path, set: &Value) -> usize {
         photos.len(),
         errors.join("\n")
     );
-    let groups: Vec<Vec<String>> = duplicate_groups(&hashes, &[], &DuplicatesConfig::default())
-        .into_iter()
-        .map(|g| g.into_iter().map(|i| names[i].clone()).collect())
-        .collect();
     let want: Vec<Vec<String>> = serde_json::from_value(set["duplicates"].clone()).unwrap();
-    assert_eq!(groups, want, "duplicate groups");
+    assert_eq!(
+        named_duplicate_groups(&hashes, &names),
+        want,
+        "duplicate groups"
+    );
+    assert_eq!(
+        named_duplicate_groups(&fast_hashes, &names),
+        want,
+        "the reduced pipeline's duplicate groups"
+    );
     let pairs: usize = want.iter().map(|g| g.len() * (g.len() - 1) / 2).sum();
     println!(
         "{} photos: hashes, blur verdicts and {} duplicate groups ({pairs} pairs, Jaccard 1.0) as the original",
         photos.len(),
         want.len()
+    );
+    println!(
+        "reduced pipeline: {reduced} photos decoded reduced; the same groups and blur verdicts; \
+         {bits_moved} hash bits moved in all, blur variance moved by at most {:.1} %",
+        100.0 * worst_blur_change
     );
     photos.len()
 }

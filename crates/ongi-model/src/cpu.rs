@@ -22,6 +22,11 @@ pub struct CpuFeatures {
     /// AMX tiles with bf16 products, usable by this process (CPUID reports
     /// them and the kernel granted the tile state).
     pub amx_bf16: bool,
+    /// An Intel CPU (CPUID vendor `GenuineIntel`). Its cores issue 512-bit
+    /// f32 FMAs on two ports but `vdpbf16ps` on one, so AVX512-BF16 gives
+    /// bf16 no lead over f32 there; AMD's Zen 4 halves its 512-bit FMAs
+    /// instead, and bf16 runs at twice f32's rate.
+    pub intel: bool,
 }
 
 static FEATURES: OnceLock<CpuFeatures> = OnceLock::new();
@@ -69,7 +74,17 @@ fn detect() -> CpuFeatures {
         avx512_vnni: avx512 && is_x86_feature_detected!("avx512vnni"),
         avx_vnni: is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni"),
         amx_bf16: amx_bf16_usable(),
+        intel: vendor_is_intel(),
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn vendor_is_intel() -> bool {
+    // SAFETY: CPUID leaf 0 exists on every x86_64 CPU.
+    #[allow(unused_unsafe)]
+    let leaf0 = unsafe { std::arch::x86_64::__cpuid(0) };
+    // The vendor string is EBX, EDX, ECX: "Genu" "ineI" "ntel".
+    [leaf0.ebx, leaf0.edx, leaf0.ecx] == [0x756e_6547, 0x4965_6e69, 0x6c65_746e]
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -350,10 +350,9 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    if x > 88.72 {
-        return f32::INFINITY;
-    }
-    let x = x.max(-87.33);
+    // Selects, not an early return, so loops over `exp` vectorise.
+    let overflow = x > 88.72;
+    let x = x.clamp(-87.33, 88.72);
     let n = (x * LOG2E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
@@ -362,7 +361,11 @@ pub(crate) fn exp(x: f32) -> f32 {
                 + r * (0.166_666_67 + r * (0.041_666_5 + r * (0.008_333_6 + r * 0.001_398_2)))));
     // 2ⁿ built from its exponent bits; n ∈ [-126, 128] after the clamps.
     let scale = f32::from_bits((((n as i32) + 127).clamp(0, 255) as u32) << 23);
-    p * scale
+    if overflow {
+        f32::INFINITY
+    } else {
+        p * scale
+    }
 }
 
 /// Shape of one multi-head attention call over a batch of sequences.

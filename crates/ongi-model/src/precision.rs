@@ -32,11 +32,12 @@ impl Precision {
     }
 
     /// The fastest precision that keeps the embeddings at f32's answers on
-    /// `device`, and why: f16 on CUDA; bf16 on a CPU with native bf16 dot
-    /// products (AMX or AVX512-BF16), where it runs at twice f32's rate or
-    /// more; f32 on every other CPU, where bf16 or f16 would have to be
-    /// widened in software and run no faster (or far slower) than f32.
-    /// int8 is never chosen automatically: it moves embeddings further.
+    /// `device`, and why: f16 on CUDA; bf16 on a CPU whose bf16 dot products
+    /// outrun its f32 FMAs (AMX tiles, or AVX512-BF16 on AMD); f32 on every
+    /// other CPU. On Intel without AMX, `vdpbf16ps` has one port to the
+    /// FMAs' two, and the bf16 tower measured 0.58x the f32 one; elsewhere
+    /// bf16 or f16 would be widened in software. int8 is never chosen
+    /// automatically: it moves embeddings further.
     pub fn auto(device: &Device) -> (Self, String) {
         if device.is_cuda() {
             return (Self::F16, "CUDA device".to_string());
@@ -52,8 +53,15 @@ impl Precision {
         let flags = features.flags();
         if features.amx_bf16 {
             (Self::Bf16, format!("CPU has AMX bf16 tiles ({flags})"))
-        } else if features.avx512_bf16 {
+        } else if features.avx512_bf16 && !features.intel {
             (Self::Bf16, format!("CPU has AVX512-BF16 ({flags})"))
+        } else if features.avx512_bf16 {
+            (
+                Self::F32,
+                format!(
+                    "Intel CPU with AVX512-BF16 but no AMX: bf16 is slower than f32 here ({flags})"
+                ),
+            )
         } else {
             (
                 Self::F32,
@@ -123,9 +131,18 @@ mod tests {
             ..zen3
         };
         assert_eq!(Precision::auto_for_cpu(&zen4).0, Precision::Bf16);
+        // Sapphire Rapids without the tile state (a VM that withholds AMX).
+        let spr_no_amx = CpuFeatures {
+            intel: true,
+            avx_vnni: true,
+            ..zen4
+        };
+        let (p, why) = Precision::auto_for_cpu(&spr_no_amx);
+        assert_eq!(p, Precision::F32);
+        assert!(why.contains("no AMX"), "{why}");
         let spr = CpuFeatures {
             amx_bf16: true,
-            ..zen4
+            ..spr_no_amx
         };
         let (p, why) = Precision::auto_for_cpu(&spr);
         assert_eq!(p, Precision::Bf16);

@@ -3,7 +3,7 @@
 use image::GrayImage;
 
 /// Long side of the greyscale copy the blur test runs on.
-const LAPLACIAN_LONG_SIDE: usize = 300;
+pub const LAPLACIAN_LONG_SIDE: usize = 300;
 
 /// Variance of the Laplacian, as the original's OpenCV blur test computes it:
 ///

@@ -9,6 +9,7 @@ use std::io::Cursor;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
+use super::decoded::{DecodedImage, MinDecodeSize};
 use super::jpeg::decode_jpeg;
 use super::{PreprocessConfig, PreprocessError};
 
@@ -24,49 +25,73 @@ pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 /// Widest sample `image` decodes PNG/WebP to (RGBA16): bounds its allocations.
 const MAX_BYTES_PER_PIXEL: u64 = 8;
 
-/// How JPEG photos are decoded before preprocessing.
+/// How JPEG photos are decoded before preprocessing, and which pixels the
+/// pixel features (pHash, blur) are computed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum DecodeMode {
-    /// Full size, bit for bit what PIL decodes (the parity-tested pipeline).
+    /// Full size, bit for bit what PIL decodes (the parity-tested pipeline);
+    /// the pixel features use the same decode's luma, which at full size is
+    /// OpenCV's greyscale decode.
     #[cfg_attr(feature = "clap", value(help = "Full size, bit-identical to PIL"))]
     Exact,
     /// JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale
     /// in the DCT domain (libjpeg's `scale_num / scale_denom`), keeping a shorter
     /// side of at least [`FAST_SAFETY_FACTOR`] × the resize target. About 3× cheaper
     /// on 12-MP photos; the tensors differ slightly from the exact ones (see
-    /// [`FAST_SAFETY_FACTOR`]). The pixel features (pHash, blur) do not depend on
-    /// the mode: they come from a full-size greyscale decode. Other formats decode
-    /// as in `Exact`.
+    /// [`FAST_SAFETY_FACTOR`]). The pixel features do not depend on it: they come
+    /// from a second, full-size greyscale decode (OpenCV's pixels), so duplicate
+    /// and blur answers are the exact path's. Other formats decode as in `Exact`.
     #[default]
     #[cfg_attr(
         feature = "clap",
-        value(help = "DCT-domain reduced decoding of large JPEGs")
+        value(help = "DCT-domain reduced decoding of large JPEGs; features as exact")
     )]
     Fast,
+    /// `Fast`, with the pixel features taken from the same reduced decode's
+    /// luma: one decode per photo instead of two. Hashes and blur measures move
+    /// (on the real test photos by up to 8 bits and 26 %, with the same
+    /// duplicate groups and blur verdicts there), so a photo near the blur
+    /// threshold can be judged otherwise than by `exact` or `fast`.
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "As fast, with pHash and blur from the reduced decode (one decode)")
+    )]
+    Reduced,
 }
 
 impl DecodeMode {
-    /// The name used by the CLI and in model identities (`exact`, `fast`).
+    /// The name used by the CLI and in model identities.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Exact => "exact",
             Self::Fast => "fast",
+            Self::Reduced => "reduced",
         }
+    }
+
+    /// Whether the pixel features use the model decode's own luma (exact:
+    /// full size, reduced: reduced) rather than a greyscale decode of their own.
+    pub fn features_from_model_decode(self) -> bool {
+        matches!(self, Self::Exact | Self::Reduced)
     }
 
     /// Size a reduced decode must keep for `cfg`, or `None` when the image must be
     /// decoded at full size (exact mode, or no resize, where the model sees the
     /// native pixels).
     pub fn min_decode_size(self, cfg: &PreprocessConfig) -> Option<MinDecodeSize> {
+        let shortest_edge = (f64::from(cfg.shortest_edge) * FAST_SAFETY_FACTOR).ceil() as u32;
         match self {
             Self::Exact => None,
-            Self::Fast if !cfg.do_resize => None,
+            _ if !cfg.do_resize => None,
             Self::Fast => Some(MinDecodeSize {
-                shortest_edge: (f64::from(cfg.shortest_edge) * FAST_SAFETY_FACTOR).ceil() as u32,
-                // The pixel features come from a separate full-size grey decode,
-                // so only the model's input bounds the reduction.
+                shortest_edge,
                 longest_edge: 0,
+            }),
+            Self::Reduced => Some(MinDecodeSize {
+                shortest_edge,
+                // The blur test must still downscale to its long side.
+                longest_edge: crate::features::LAPLACIAN_LONG_SIDE as u32,
             }),
         }
     }
@@ -99,96 +124,6 @@ impl std::fmt::Display for DecodeMode {
 /// 1/4 (1000×750).
 pub const FAST_SAFETY_FACTOR: f64 = 2.0;
 
-/// The least a reduced JPEG decode must keep (see [`scale_denom_for`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MinDecodeSize {
-    /// Minimum shorter side, in pixels.
-    pub shortest_edge: u32,
-    /// Minimum longer side, in pixels.
-    pub longest_edge: u32,
-}
-
-impl From<u32> for MinDecodeSize {
-    /// A bound on the shorter side only.
-    fn from(shortest_edge: u32) -> Self {
-        Self {
-            shortest_edge,
-            longest_edge: 0,
-        }
-    }
-}
-
-/// libjpeg's scale denominator (1, 2, 4 or 8) for a `width × height` JPEG: the
-/// smallest decode whose sides, rounded up as libjpeg rounds (`ceil(size /
-/// denom)`), still reach both bounds of `min`.
-pub fn scale_denom_for(width: u32, height: u32, min: impl Into<MinDecodeSize>) -> u32 {
-    let min = min.into();
-    let (short, long) = (width.min(height), width.max(height));
-    [8, 4, 2]
-        .into_iter()
-        .find(|&d| short.div_ceil(d) >= min.shortest_edge && long.div_ceil(d) >= min.longest_edge)
-        .unwrap_or(1)
-}
-
-/// A decoded photo: upright RGB8, possibly reduced in the DCT domain.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecodedImage {
-    /// Upright pixels, `scale_denom` times smaller than the photo (rounded up).
-    pub image: RgbImage,
-    /// Upright width of the photo at full size.
-    pub width: u32,
-    /// Upright height of the photo at full size.
-    pub height: u32,
-    /// libjpeg's scale denominator: 1 (full size), 2, 4 or 8.
-    pub scale_denom: u32,
-    /// Where the photo lies in `image` (x0, y0, x1, y1 in its pixel units): a
-    /// reduced image covers whole 8×8 blocks, so its last column and row can reach
-    /// past the photo's edge (the first ones after an EXIF flip). Pillow's `box`
-    /// argument of `Image.resize`.
-    pub source_box: [f32; 4],
-}
-
-impl DecodedImage {
-    /// A full-size image (scale 1, the box is the whole image).
-    pub fn full(image: RgbImage) -> Self {
-        let (width, height) = image.dimensions();
-        Self {
-            image,
-            width,
-            height,
-            scale_denom: 1,
-            source_box: [0.0, 0.0, width as f32, height as f32],
-        }
-    }
-}
-
-/// The box `[0, extent.0) × [0, extent.1)` of an image of `size` pixels after
-/// `orientation` is applied to the image (as `DynamicImage::apply_orientation`).
-pub(super) fn oriented_source_box(
-    extent: (f32, f32),
-    size: (f32, f32),
-    orientation: Orientation,
-) -> [f32; 4] {
-    let (ex, ey) = extent;
-    let (w, h) = size;
-    // Each arm maps the rectangle's corners: a flipped axis measures from the far
-    // edge, a transposed one swaps x and y.
-    match orientation {
-        Orientation::NoTransforms => [0.0, 0.0, ex, ey],
-        Orientation::FlipHorizontal => [w - ex, 0.0, w, ey],
-        Orientation::FlipVertical => [0.0, h - ey, ex, h],
-        Orientation::Rotate180 => [w - ex, h - ey, w, h],
-        // Clockwise: (x, y) → (h - y, x).
-        Orientation::Rotate90 => [h - ey, 0.0, h, ex],
-        // Counter-clockwise: (x, y) → (y, w - x).
-        Orientation::Rotate270 => [0.0, w - ex, ey, w],
-        // Transpose: (x, y) → (y, x).
-        Orientation::Rotate90FlipH => [0.0, 0.0, ey, ex],
-        // Anti-transpose: (x, y) → (h - y, w - x).
-        Orientation::Rotate270FlipH => [h - ey, w - ex, h, w],
-    }
-}
-
 /// Sniffs the format from the leading bytes, decodes, applies the EXIF orientation,
 /// and converts to RGB8 like PIL's `convert("RGB")`.
 ///
@@ -216,6 +151,44 @@ pub fn decode_image_scaled(
     max_pixels: u64,
     min_size: Option<MinDecodeSize>,
 ) -> Result<DecodedImage, PreprocessError> {
+    decode_any(bytes, max_pixels, min_size, false)
+}
+
+/// [`decode_image_scaled`] that also keeps a JPEG's luma plane, at the same
+/// scale, in [`DecodedImage::luma`] (where the file has one): the input of the
+/// pixel features, without a second decode.
+pub fn decode_image_with_luma(
+    bytes: &[u8],
+    max_pixels: u64,
+    min_size: Option<MinDecodeSize>,
+) -> Result<DecodedImage, PreprocessError> {
+    decode_any(bytes, max_pixels, min_size, true)
+}
+
+/// The serving path's decode of a photo in `mode` at `min_size` (normally
+/// `mode.min_decode_size(..)`): keeps the luma plane where the pixel features
+/// are to use it (see [`DecodeMode::features_from_model_decode`]), so that
+/// [`feature_grey`](super::feature_grey) then finds the right pixels.
+pub fn decode_for_mode(
+    bytes: &[u8],
+    max_pixels: u64,
+    min_size: Option<MinDecodeSize>,
+    mode: DecodeMode,
+) -> Result<DecodedImage, PreprocessError> {
+    decode_any(
+        bytes,
+        max_pixels,
+        min_size,
+        mode.features_from_model_decode(),
+    )
+}
+
+fn decode_any(
+    bytes: &[u8],
+    max_pixels: u64,
+    min_size: Option<MinDecodeSize>,
+    luma: bool,
+) -> Result<DecodedImage, PreprocessError> {
     let format = image::guess_format(bytes)
         .map_err(|_| PreprocessError::UnrecognizedFormat { len: bytes.len() })?;
     if !SUPPORTED.contains(&format) {
@@ -224,7 +197,7 @@ pub fn decode_image_scaled(
         });
     }
     if format == ImageFormat::Jpeg {
-        return decode_jpeg(bytes, max_pixels, min_size);
+        return decode_jpeg(bytes, max_pixels, min_size, luma);
     }
     let name = format_name(format);
     let decode_err = |e: ImageError| map_image_error(name.clone(), e);
@@ -328,6 +301,7 @@ fn to_rgb8_like_pil(img: DynamicImage) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::preprocess::decoded::{oriented_source_box, scale_denom_for};
     use image::{ImageBuffer, Luma, LumaA, Rgb, Rgba};
 
     #[test]
@@ -383,16 +357,20 @@ mod tests {
         };
         assert_eq!(edges(DecodeMode::Exact, &cfg), None);
         assert_eq!(edges(DecodeMode::Fast, &cfg), Some((448, 0)));
+        // The blur test's 300-px copy is always a downscale of the reduced luma.
+        assert_eq!(edges(DecodeMode::Reduced, &cfg), Some((448, 300)));
         let cfg64 = PreprocessConfig {
             shortest_edge: 64,
             ..cfg.clone()
         };
         assert_eq!(edges(DecodeMode::Fast, &cfg64), Some((128, 0)));
+        assert_eq!(edges(DecodeMode::Reduced, &cfg64), Some((128, 300)));
         let native = PreprocessConfig {
             do_resize: false,
             ..cfg
         };
         assert_eq!(edges(DecodeMode::Fast, &native), None);
+        assert_eq!(edges(DecodeMode::Reduced, &native), None);
         assert_eq!(DecodeMode::default(), DecodeMode::Fast);
     }
 

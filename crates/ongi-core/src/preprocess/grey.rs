@@ -7,7 +7,8 @@
 
 use image::{GrayImage, ImageFormat, RgbImage};
 
-use super::decode::{decode_image_with_limit, DecodedImage};
+use super::decode::decode_image_with_limit;
+use super::decoded::DecodedImage;
 use super::jpeg::decode_jpeg_grey;
 use super::PreprocessError;
 
@@ -38,6 +39,21 @@ pub fn decode_grey(
         ImageFormat::Png => libpng_grey(rgb),
         _ => bt601_fixed15(rgb),
     })
+}
+
+/// The greyscale pixels the pixel features are computed on: the luma plane
+/// the decode kept (taken out of `decoded`; see
+/// [`decode_image_with_luma`](super::decode_image_with_luma)), at the decode's
+/// scale, else OpenCV's full-size greyscale decode.
+pub fn feature_grey(
+    bytes: &[u8],
+    max_pixels: u64,
+    decoded: &mut DecodedImage,
+) -> Result<GrayImage, PreprocessError> {
+    match decoded.luma.take() {
+        Some(luma) => Ok(luma),
+        None => decode_grey(bytes, max_pixels, Some(decoded)),
+    }
 }
 
 /// OpenCV's `cvtColor(…, RGB2GRAY)` for 8 bits: BT.601 weights in 15-bit fixed

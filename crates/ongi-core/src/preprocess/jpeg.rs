@@ -25,7 +25,7 @@ use image::{DynamicImage, GrayImage, RgbImage};
 use mozjpeg::{ColorSpace, DctMethod, Decompress, Marker};
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr};
 
-use super::decode::{oriented_source_box, scale_denom_for, DecodedImage, MinDecodeSize};
+use super::decoded::{oriented_source_box, scale_denom_for, DecodedImage, MinDecodeSize};
 use super::PreprocessError;
 
 // With panic=abort, libjpeg's error exit would abort the whole server on the first
@@ -76,12 +76,17 @@ struct LibjpegFailure(String);
 /// With `min_size`, libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain
 /// when the reduced image still keeps that size (see [`scale_denom_for`]);
 /// without it the output is PIL's, bit for bit.
+///
+/// With `luma`, [`DecodedImage::luma`] also holds the luma plane at the same
+/// scale where the file codes its pixels as YCbCr or grey (nearly every
+/// photo): one decode then serves the model and the pixel features.
 pub(super) fn decode_jpeg(
     bytes: &[u8],
     max_pixels: u64,
     min_size: Option<MinDecodeSize>,
+    luma: bool,
 ) -> Result<DecodedImage, PreprocessError> {
-    guarded(|| decode_unwinding(bytes, max_pixels, min_size))
+    guarded(|| decode_unwinding(bytes, max_pixels, min_size, luma))
 }
 
 /// The photo as OpenCV's `imdecode(bytes, IMREAD_GRAYSCALE)` returns it: libjpeg's
@@ -159,7 +164,7 @@ fn decode_grey_unwinding(bytes: &[u8], max_pixels: u64) -> Result<GrayImage, Jpe
         // OpenCV's weights.
         4 => {
             drop(dec);
-            let rgb = decode_unwinding(bytes, max_pixels, None)?.image;
+            let rgb = decode_unwinding(bytes, max_pixels, None, false)?.image;
             return Ok(super::grey::bt601_fixed15(&rgb));
         }
         n => return Err(JpegError::Components(n)),
@@ -182,6 +187,7 @@ fn decode_unwinding(
     bytes: &[u8],
     max_pixels: u64,
     min_size: Option<MinDecodeSize>,
+    want_luma: bool,
 ) -> Result<DecodedImage, JpegError> {
     let mut dec = open_checked(bytes, max_pixels)?;
     let (width, height) = dec.size();
@@ -212,8 +218,19 @@ fn decode_unwinding(
     // L → RGB in Pillow replicates the grey value, as libjpeg's gray → RGB does.
     // CMYK: Pillow asks libjpeg for CMYK (it converts YCCK) and reads it as Adobe's
     // inverted CMYK ("CMYK;I").
+    // The luma comes with the colour where libjpeg's RGB is a function of
+    // the planes it decodes: YCbCr asked for as such and converted here as
+    // libjpeg converts it, or grey, which libjpeg replicates into RGB.
+    let luma_source = match dec.color_space() {
+        ColorSpace::JCS_YCbCr if want_luma => Some(ColorSpace::JCS_YCbCr),
+        ColorSpace::JCS_GRAYSCALE if want_luma => Some(ColorSpace::JCS_GRAYSCALE),
+        _ => None,
+    };
+    let exif_only = exif_orientation(&dec);
     let mut started = if cmyk {
         dec.to_colorspace(ColorSpace::JCS_CMYK)?
+    } else if luma_source == Some(ColorSpace::JCS_YCbCr) {
+        dec.to_colorspace(ColorSpace::JCS_YCbCr)?
     } else {
         dec.rgb()?
     };
@@ -223,10 +240,24 @@ fn decode_unwinding(
     // error, as in Pillow.
     started.finish()?;
 
+    let (w, h) = (to_u32(out_w)?, to_u32(out_h)?);
+    let luma = match luma_source {
+        Some(_) => {
+            // Y (or the grey value) is the first of each pixel's three bytes.
+            let plane = data.iter().step_by(3).copied().collect();
+            let plane = GrayImage::from_raw(w, h, plane).ok_or_else(short_output)?;
+            let mut plane = DynamicImage::ImageLuma8(plane);
+            plane.apply_orientation(exif_only);
+            Some(plane.into_luma8())
+        }
+        None => None,
+    };
+    if luma_source == Some(ColorSpace::JCS_YCbCr) {
+        super::ycc::ycc_to_rgb_in_place(&mut data);
+    }
     if cmyk {
         inverted_cmyk_to_rgb_in_place(&mut data);
     }
-    let (w, h) = (to_u32(out_w)?, to_u32(out_h)?);
     let img = RgbImage::from_raw(w, h, data).ok_or_else(short_output)?;
     let mut img = DynamicImage::ImageRgb8(img);
     img.apply_orientation(orientation);
@@ -251,6 +282,7 @@ fn decode_unwinding(
         height,
         scale_denom: denom,
         source_box,
+        luma,
     })
 }
 

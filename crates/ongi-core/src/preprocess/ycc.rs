@@ -1,0 +1,76 @@
+//! libjpeg's YCbCr → RGB conversion (`ycc_rgb_convert` in `jdcolor.c`), bit
+//! for bit: 16-bit fixed point through per-value tables, each channel clamped
+//! to 0..=255. libjpeg-turbo's SIMD converters give the same bytes.
+//!
+//! Why hand-written: decoding to YCbCr and converting here is what lets one
+//! libjpeg pass hand out both the luma plane (the pixel features' input) and
+//! the RGB pixels PIL would decode; the conversion is twenty lines, and no
+//! crate reproduces libjpeg's rounding.
+
+/// libjpeg's `SCALEBITS`.
+const SCALE_BITS: u32 = 16;
+const ONE_HALF: i32 = 1 << (SCALE_BITS - 1);
+/// `FIX(x) = round(x · 2¹⁶)` of the BT.601 coefficients, as libjpeg writes them.
+const FIX_1_40200: i32 = 91_881;
+const FIX_1_77200: i32 = 116_130;
+const FIX_0_71414: i32 = 46_802;
+const FIX_0_34414: i32 = 22_554;
+
+/// `build_ycc_rgb_table`: index = the 8-bit sample, `x = sample − 128`.
+struct Tables {
+    cr_r: [i32; 256],
+    cb_b: [i32; 256],
+    cr_g: [i32; 256],
+    cb_g: [i32; 256],
+}
+
+const TABLES: Tables = {
+    let mut t = Tables {
+        cr_r: [0; 256],
+        cb_b: [0; 256],
+        cr_g: [0; 256],
+        cb_g: [0; 256],
+    };
+    let mut i = 0;
+    while i < 256 {
+        let x = i as i32 - 128;
+        t.cr_r[i] = (FIX_1_40200 * x + ONE_HALF) >> SCALE_BITS;
+        t.cb_b[i] = (FIX_1_77200 * x + ONE_HALF) >> SCALE_BITS;
+        t.cr_g[i] = -FIX_0_71414 * x;
+        t.cb_g[i] = -FIX_0_34414 * x + ONE_HALF;
+        i += 1;
+    }
+    t
+};
+
+/// Converts interleaved YCbCr pixels to RGB in place.
+pub(super) fn ycc_to_rgb_in_place(data: &mut [u8]) {
+    let t = &TABLES;
+    let clamp = |v: i32| v.clamp(0, 255) as u8;
+    for px in data.chunks_exact_mut(3) {
+        let y = i32::from(px[0]);
+        let (cb, cr) = (usize::from(px[1]), usize::from(px[2]));
+        px[0] = clamp(y + t.cr_r[cr]);
+        px[1] = clamp(y + ((t.cb_g[cb] + t.cr_g[cr]) >> SCALE_BITS));
+        px[2] = clamp(y + t.cb_b[cb]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        // Neutral chroma leaves grey alone; the extremes clamp.
+        let mut px = [77, 128, 128, 0, 255, 255, 255, 0, 0, 76, 85, 255];
+        ycc_to_rgb_in_place(&mut px);
+        assert_eq!(&px[..3], &[77, 77, 77]);
+        // y=0, cb=cr=255: R = 0 + 178 = 178, G clamps to 0, B = 0 + 225 = 225.
+        assert_eq!(&px[3..6], &[178, 0, 225]);
+        // y=255, cb=cr=0: R = 255 − 179, G = 255 + 135 clamps, B = 255 − 227.
+        assert_eq!(&px[6..9], &[76, 255, 28]);
+        // Pure red as JPEG codes it (Y 76, Cb 85, Cr 255).
+        assert_eq!(&px[9..], &[254, 0, 0]);
+    }
+}
