@@ -184,15 +184,17 @@ if [[ $DO_PRE == 1 ]]; then
 fi
 
 # --- 6. end to end: JPEG bytes -> stored features, per thread budget --------
-# ongi through its serving path (default decode, precision and decode
-# workers) against OpenCV + OpenVINO (f32 and bf16 hints, with and without
+# ongi through its serving path (default precision and decode workers;
+# --decode fast, the default, and reduced) against OpenCV + OpenVINO (f32 and bf16 hints, with and without
 # the pHash/blur work ongi's records also hold) and the original's PIL +
 # PyTorch f32.
 if [[ $DO_PIPE == 1 ]]; then
     : > "$WORK/pipeline.jsonl"
     log "ongi-bench --pipeline (${#PFILES[@]} files, $PIPE_IMAGES photos, threads $THREADS)"
-    "$ONGI_BENCH" --model "$MODEL" --pipeline "${PFILES[@]}" --threads "$THREADS" \
-        --images "$PIPE_IMAGES" --json >> "$WORK/pipeline.jsonl"
+    for mode in fast reduced; do
+        "$ONGI_BENCH" --model "$MODEL" --pipeline "${PFILES[@]}" --threads "$THREADS" \
+            --images "$PIPE_IMAGES" --decode "$mode" --json >> "$WORK/pipeline.jsonl"
+    done
     for t in "${TLIST[@]}"; do
         for peer in "--engine cv-ov" "--engine cv-ov --ov-bf16" "--engine cv-ov --features" \
                     "--engine cv-ov --ov-bf16 --features" "--engine original --features"; do

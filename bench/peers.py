@@ -457,8 +457,13 @@ def cmd_pipeline(args) -> None:
     embed_all(n)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
+    if args.engine == "cv-ov":
+        label = f"OpenCV reduced + OpenVINO {'bf16' if args.ov_bf16 else 'f32'}"
+    else:
+        label = "original: PIL + transformers + PyTorch f32"
     print(json.dumps({
         "mode": "pipeline",
+        "label": label + (" + pHash/blur" if args.features else ""),
         "engine": engine,
         "threads": t,
         "features": bool(args.features),
@@ -619,19 +624,27 @@ def pipeline_table(rows) -> None:
         here = [r for r in rows if r["threads"] == t]
         peers = [r for r in here if "stages" not in r]
         best = max(peers, key=lambda r: r["images_per_sec"], default=None)
+        same = [r for r in peers if r.get("features")]
+        best_same = max(same, key=lambda r: r["images_per_sec"], default=None)
         print(f"threads {t}")
-        print(f"  {'pipeline':<72} {'photos/s':>8} {'CPU%':>5} {'vs best':>8}  bound (busy decode/model)")
+        print(f"  {'pipeline':<60} {'photos/s':>8} {'CPU%':>5} {'vs best':>8} {'vs best w/ pHash':>16}"
+              f"  bound (busy decode/model)")
         for r in here:
             if "stages" in r:
                 st = r["stages"]
-                name = (f"ongi --decode {r['decode']}, {r['decode_workers']} decode workers"
-                        f" ({r['decode_workers_from']}), {r['precision'].split(' ')[0]}")
+                name = (f"ongi --decode {r['decode']}, {r['decode_workers']} decode workers,"
+                        f" {r['precision'].split(' ')[0]} + pHash/blur")
                 bound = f"{r['bound']} ({st['decode_workers_busy']:.2f}/{st['model_busy']:.2f})"
             else:
-                name = r["engine"] + ("" if r.get("features") else " (no pHash/blur)")
+                name = r.get("label", r["engine"])
                 bound = ""
-            vb = f"{r['images_per_sec'] / best['images_per_sec']:.2f}x" if best else "-"
-            print(f"  {name[:72]:<72} {r['images_per_sec']:>8.2f} {r.get('cpu_avg_pct', 0):>5.0f} {vb:>8}  {bound}")
+            ips = r["images_per_sec"]
+            vb = f"{ips / best['images_per_sec']:.2f}x" if best else "-"
+            vs = f"{ips / best_same['images_per_sec']:.2f}x" if best_same else "-"
+            print(f"  {name[:60]:<60} {ips:>8.2f} {r.get('cpu_avg_pct', 0):>5.0f} {vb:>8} {vs:>16}  {bound}")
+    engines = {r.get("label", ""): r["engine"] for r in rows if "stages" not in r}
+    for label, engine in engines.items():
+        print(f"  {label}: {engine}")
 
 
 def csv_ints(s: str) -> list[int]:

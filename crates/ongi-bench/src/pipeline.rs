@@ -5,7 +5,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -15,7 +14,7 @@ use ongi_model::ModelDir;
 use ongi_router::compute::ComputeArgs;
 use serde::Serialize;
 
-use crate::tower::{dtype_name, read_checked_files, timed, BenchArgs, Timing};
+use crate::tower::{child_command, read_checked_files, timed, BenchArgs, Timing};
 
 /// One thread budget's run (one `--json` line).
 #[derive(Serialize, Debug)]
@@ -123,29 +122,13 @@ pub fn bench_pipeline(args: &BenchArgs) -> Result<()> {
         out.flush()?;
     }
     for &threads in &args.threads {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("--model")
-            .arg(&args.model)
-            .arg("--pipeline")
+        let mut cmd = child_command(&exe, args, threads);
+        cmd.arg("--pipeline")
             .args(&args.pipeline)
-            .arg("--threads")
-            .arg(threads.to_string())
-            .arg("--images")
-            .arg(args.images.to_string())
-            .arg("--warmup")
-            .arg(args.warmup.to_string())
             .arg("--batch-size")
             .arg(args.batch_size.to_string())
-            .arg("--dtype")
-            .arg(dtype_name(args.dtype))
             .arg("--decode")
-            .arg(args.decode.mode.as_str())
-            .arg("--in-process")
-            .env("RAYON_NUM_THREADS", threads.to_string())
-            .env("CANDLE_NUM_THREADS", threads.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .arg(args.decode.mode.as_str());
         if let Some(n) = args.decode_workers {
             cmd.arg("--decode-workers").arg(n.to_string());
         }

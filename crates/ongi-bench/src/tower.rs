@@ -11,7 +11,7 @@
 //! fresh process per thread count gives exactly N threads computing.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -235,25 +235,8 @@ fn bench_model(args: &BenchArgs) -> Result<()> {
     }
     let mut rss_sources = Vec::new();
     for &threads in &args.threads {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("--model")
-            .arg(&args.model)
-            .arg("--batch-sizes")
-            .arg(&batch_sizes)
-            .arg("--threads")
-            .arg(threads.to_string())
-            .arg("--images")
-            .arg(args.images.to_string())
-            .arg("--warmup")
-            .arg(args.warmup.to_string())
-            .arg("--json")
-            .arg("--in-process")
-            .env("RAYON_NUM_THREADS", threads.to_string())
-            .env("CANDLE_NUM_THREADS", threads.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        cmd.arg("--dtype").arg(dtype_name(args.dtype));
+        let mut cmd = child_command(&exe, args, threads);
+        cmd.arg("--batch-sizes").arg(&batch_sizes).arg("--json");
         if let Some(dir) = &args.save_features {
             cmd.arg("--save-features").arg(dir);
         }
@@ -400,6 +383,30 @@ fn synthetic_pixels(batch: usize, size: usize, cfg: &PreprocessConfig) -> Result
         (batch, 3, size, size),
         &Device::Cpu,
     )?)
+}
+
+/// The child process that times one thread budget: `args`' model, images,
+/// warm-up and precision, exactly `threads` threads for rayon and candle, its
+/// output piped back.
+pub(crate) fn child_command(exe: &Path, args: &BenchArgs, threads: usize) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--model")
+        .arg(&args.model)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .arg("--images")
+        .arg(args.images.to_string())
+        .arg("--warmup")
+        .arg(args.warmup.to_string())
+        .arg("--dtype")
+        .arg(dtype_name(args.dtype))
+        .arg("--in-process")
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env("CANDLE_NUM_THREADS", threads.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    cmd
 }
 
 /// The bytes of every image file under `paths` that decodes; one that cannot

@@ -305,6 +305,26 @@ pub struct Window {
     pub height: usize,
 }
 
+impl Window {
+    /// The window clamped to an `out`-sized output: `(x, y, width, height)`,
+    /// the last two also as `u32`; `None` when nothing is left to compute
+    /// (an empty source, output or window).
+    fn clamped(
+        self,
+        src: &RgbImage,
+        (out_w, out_h): (usize, usize),
+    ) -> Option<(usize, usize, usize, usize, u32, u32)> {
+        let x0 = self.x.min(out_w);
+        let y0 = self.y.min(out_h);
+        let w = self.width.min(out_w - x0);
+        let h = self.height.min(out_h - y0);
+        if src.width() == 0 || src.height() == 0 || w == 0 || h == 0 {
+            return None;
+        }
+        Some((x0, y0, w, h, u32::try_from(w).ok()?, u32::try_from(h).ok()?))
+    }
+}
+
 /// The pixels of `window` of `src` resized to `out = (width, height)` with Pillow's
 /// `Image.resize(out, resample)`, bit for bit.
 ///
@@ -332,16 +352,9 @@ pub fn resample_window_box(
 ) -> RgbImage {
     let (out_w, out_h) = out;
     let (src_w, src_h) = (src.width() as usize, src.height() as usize);
-    let x0 = window.x.min(out_w);
-    let y0 = window.y.min(out_h);
-    let w = window.width.min(out_w - x0);
-    let h = window.height.min(out_h - y0);
-    let (Ok(w32), Ok(h32)) = (u32::try_from(w), u32::try_from(h)) else {
+    let Some((x0, y0, w, h, w32, h32)) = window.clamped(src, out) else {
         return RgbImage::new(0, 0);
     };
-    if src_w == 0 || src_h == 0 || w == 0 || h == 0 {
-        return RgbImage::new(0, 0);
-    }
     let filter = filter_for(resample);
     let raw: &[u8] = src.as_raw();
 
@@ -398,17 +411,10 @@ pub fn resample_window_box_fast(
     use fast_image_resize as fir;
 
     let (out_w, out_h) = out;
-    let x0 = window.x.min(out_w);
-    let y0 = window.y.min(out_h);
-    let w = window.width.min(out_w - x0);
-    let h = window.height.min(out_h - y0);
     let exact = || resample_window_box(src, src_box, out, window, resample);
-    let (Ok(w32), Ok(h32)) = (u32::try_from(w), u32::try_from(h)) else {
+    let Some((x0, y0, w, h, w32, h32)) = window.clamped(src, out) else {
         return RgbImage::new(0, 0);
     };
-    if src.width() == 0 || src.height() == 0 || w == 0 || h == 0 {
-        return RgbImage::new(0, 0);
-    }
     let [bx0, by0, bx1, by1] = src_box.map(f64::from);
     let (sx, sy) = ((bx1 - bx0) / out_w as f64, (by1 - by0) / out_h as f64);
     let filter = match resample {
