@@ -665,25 +665,20 @@ def main() -> None:
     m.add_argument("--warmup", type=int, default=1, help="untimed warm-up batches per setting")
     m.set_defaults(func=cmd_model)
 
-    p = sub.add_parser("preprocess")
-    p.add_argument("--model", required=True)
-    p.add_argument("--images", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("files", nargs="+")
-    p.set_defaults(func=cmd_preprocess)
+    # The Python reference and the OpenCV pipeline take the same arguments.
+    for name, func in (("preprocess", cmd_preprocess), ("preprocess-cv", cmd_preprocess_cv)):
+        p = sub.add_parser(name)
+        p.add_argument("--model", required=True)
+        p.add_argument("--images", type=int, default=8)
+        p.add_argument("--warmup", type=int, default=1)
+        p.add_argument("files", nargs="+")
+        p.set_defaults(func=func)
 
     px = sub.add_parser("pixels")
     px.add_argument("--images", type=int, default=8)
     px.add_argument("--warmup", type=int, default=1)
     px.add_argument("files", nargs="+")
     px.set_defaults(func=cmd_pixels)
-
-    pc = sub.add_parser("preprocess-cv")
-    pc.add_argument("--model", required=True)
-    pc.add_argument("--images", type=int, default=8)
-    pc.add_argument("--warmup", type=int, default=1)
-    pc.add_argument("files", nargs="+")
-    pc.set_defaults(func=cmd_preprocess_cv)
 
     pl = sub.add_parser("pipeline")
     pl.add_argument("--engine", choices=["cv-ov", "original"], required=True)

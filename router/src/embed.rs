@@ -172,10 +172,7 @@ fn embed_images(args: &EmbedArgs, compute: &Compute, out: &mut impl Write) -> Re
     let defaults =
         PipelineOptions::new("/", MEMORY_SPEC, compute.device.clone(), compute.precision);
     let options = PipelineOptions {
-        decode_workers: args
-            .decode_workers
-            .unwrap_or_else(|| crate::pipeline::default_decode_workers(compute.threads))
-            .max(1),
+        decode_workers: crate::pipeline::decode_workers(args.decode_workers, compute.threads),
         decode_mode: args.decode.mode,
         batcher: BatcherConfig {
             max_batch_size: args.batch_size,

@@ -220,12 +220,11 @@ fn bench_in_process(args: &BenchArgs) -> Result<()> {
     let warm = write("warm_", args.warmup)?;
     let timed_keys = write("photo_", images)?;
 
-    let (decode_workers, decode_workers_from) = match args.decode_workers {
-        Some(n) => (n.max(1), "--decode-workers"),
-        None => (
-            ongi_router::pipeline::default_decode_workers(compute.threads),
-            "default",
-        ),
+    let decode_workers =
+        ongi_router::pipeline::decode_workers(args.decode_workers, compute.threads);
+    let decode_workers_from = match args.decode_workers {
+        Some(_) => "--decode-workers",
+        None => "default",
     };
     let mut options = PipelineOptions::new(
         scratch.path().to_string_lossy(),

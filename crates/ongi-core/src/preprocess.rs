@@ -28,8 +28,8 @@ use image::RgbImage;
 
 pub use config::{PreprocessConfig, Resample, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 pub use decode::{
-    decode_for_mode, decode_image, decode_image_scaled, decode_image_with_limit,
-    decode_image_with_luma, DecodeMode, DEFAULT_MAX_PIXELS, FAST_SAFETY_FACTOR,
+    decode_for_mode, decode_image, decode_image_scaled, decode_image_with_limit, DecodeMode,
+    DEFAULT_MAX_PIXELS, FAST_SAFETY_FACTOR,
 };
 pub use decoded::{scale_denom_for, DecodedImage, MinDecodeSize};
 pub use grey::{decode_grey, feature_grey};

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use ongi_core::preprocess::{
-    decode_grey, decode_image_scaled, decode_image_with_luma, DecodeMode, PreprocessConfig,
+    decode_for_mode, decode_grey, decode_image_scaled, DecodeMode, PreprocessConfig,
     DEFAULT_MAX_PIXELS,
 };
 use ongi_test_support::{fixtures, real_photos};
@@ -20,7 +20,7 @@ fn check(path: &std::path::Path) -> usize {
     for mode in [DecodeMode::Exact, DecodeMode::Reduced] {
         let min = mode.min_decode_size(&cfg);
         let plain = decode_image_scaled(&bytes, DEFAULT_MAX_PIXELS, min).unwrap();
-        let mut both = decode_image_with_luma(&bytes, DEFAULT_MAX_PIXELS, min).unwrap();
+        let mut both = decode_for_mode(&bytes, DEFAULT_MAX_PIXELS, min, mode).unwrap();
         assert!(plain.luma.is_none(), "{name}: a luma nobody asked for");
         let Some(luma) = both.luma.take() else {
             assert_eq!(both, plain, "{name} ({mode})");

@@ -154,21 +154,12 @@ pub fn decode_image_scaled(
     decode_any(bytes, max_pixels, min_size, false)
 }
 
-/// [`decode_image_scaled`] that also keeps a JPEG's luma plane, at the same
-/// scale, in [`DecodedImage::luma`] (where the file has one): the input of the
-/// pixel features, without a second decode.
-pub fn decode_image_with_luma(
-    bytes: &[u8],
-    max_pixels: u64,
-    min_size: Option<MinDecodeSize>,
-) -> Result<DecodedImage, PreprocessError> {
-    decode_any(bytes, max_pixels, min_size, true)
-}
-
 /// The serving path's decode of a photo in `mode` at `min_size` (normally
-/// `mode.min_decode_size(..)`): keeps the luma plane where the pixel features
-/// are to use it (see [`DecodeMode::features_from_model_decode`]), so that
-/// [`feature_grey`](super::feature_grey) then finds the right pixels.
+/// `mode.min_decode_size(..)`): [`decode_image_scaled`] that, where the pixel
+/// features are to use it (see [`DecodeMode::features_from_model_decode`]),
+/// also keeps a JPEG's luma plane at the same scale in [`DecodedImage::luma`],
+/// so that [`feature_grey`](super::feature_grey) finds it without a second
+/// decode.
 pub fn decode_for_mode(
     bytes: &[u8],
     max_pixels: u64,

@@ -43,7 +43,7 @@ pub fn decode_grey(
 
 /// The greyscale pixels the pixel features are computed on: the luma plane
 /// the decode kept (taken out of `decoded`; see
-/// [`decode_image_with_luma`](super::decode_image_with_luma)), at the decode's
+/// [`decode_for_mode`](super::decode_for_mode)), at the decode's
 /// scale, else OpenCV's full-size greyscale decode.
 pub fn feature_grey(
     bytes: &[u8],

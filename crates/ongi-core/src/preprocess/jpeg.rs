@@ -221,15 +221,14 @@ fn decode_unwinding(
     // The luma comes with the colour where libjpeg's RGB is a function of
     // the planes it decodes: YCbCr asked for as such and converted here as
     // libjpeg converts it, or grey, which libjpeg replicates into RGB.
-    let luma_source = match dec.color_space() {
-        ColorSpace::JCS_YCbCr if want_luma => Some(ColorSpace::JCS_YCbCr),
-        ColorSpace::JCS_GRAYSCALE if want_luma => Some(ColorSpace::JCS_GRAYSCALE),
-        _ => None,
-    };
-    let exif_only = exif_orientation(&dec);
+    let source = dec.color_space();
+    let as_ycc = want_luma && source == ColorSpace::JCS_YCbCr;
+    // The luma is EXIF-oriented only, as OpenCV's greyscale decode is.
+    let luma_orientation = (as_ycc || want_luma && source == ColorSpace::JCS_GRAYSCALE)
+        .then(|| exif_orientation(&dec));
     let mut started = if cmyk {
         dec.to_colorspace(ColorSpace::JCS_CMYK)?
-    } else if luma_source == Some(ColorSpace::JCS_YCbCr) {
+    } else if as_ycc {
         dec.to_colorspace(ColorSpace::JCS_YCbCr)?
     } else {
         dec.rgb()?
@@ -241,8 +240,8 @@ fn decode_unwinding(
     started.finish()?;
 
     let (w, h) = (to_u32(out_w)?, to_u32(out_h)?);
-    let luma = match luma_source {
-        Some(_) => {
+    let luma = match luma_orientation {
+        Some(exif_only) => {
             // Y (or the grey value) is the first of each pixel's three bytes.
             let plane = data.iter().step_by(3).copied().collect();
             let plane = GrayImage::from_raw(w, h, plane).ok_or_else(short_output)?;
@@ -252,7 +251,7 @@ fn decode_unwinding(
         }
         None => None,
     };
-    if luma_source == Some(ColorSpace::JCS_YCbCr) {
+    if as_ycc {
         super::ycc::ycc_to_rgb_in_place(&mut data);
     }
     if cmyk {
