@@ -350,22 +350,22 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    // Selects, not an early return, so loops over `exp` vectorise.
-    let overflow = x > 88.72;
+    // Rounding to nearest and 2ⁿ both by the 1.5·2²³ / 2²³ magic
+    // additions (exact for these magnitudes): no float → int conversion,
+    // which Rust's saturating `as` makes several instructions per vector.
+    const ROUND: f32 = 12_582_912.0;
+    const TWO23: f32 = 8_388_608.0;
     let x = x.clamp(-87.33, 88.72);
-    let n = (x * LOG2E + 0.5).floor();
+    let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67 + r * (0.041_666_5 + r * (0.008_333_6 + r * 0.001_398_2)))));
-    // 2ⁿ built from its exponent bits; n ∈ [-126, 128] after the clamps.
-    let scale = f32::from_bits((((n as i32) + 127).clamp(0, 255) as u32) << 23);
-    if overflow {
-        f32::INFINITY
-    } else {
-        p * scale
-    }
+    // 2ⁿ from its exponent bits, n + 127 ∈ [1, 255] after the clamp: the
+    // low bits of n + 127 + 2²³ are n + 127, shifted into the exponent
+    // (255 at the top of the range: infinity, as eˣ overflows there).
+    p * f32::from_bits((n + 127.0 + TWO23).to_bits() << 23)
 }
 
 /// Shape of one multi-head attention call over a batch of sequences.

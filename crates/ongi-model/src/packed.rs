@@ -127,7 +127,7 @@ pub(crate) struct PackedWeight {
     /// Input features (unpadded).
     pub(crate) k: usize,
     /// `[blocks][steps][NB]` lanes.
-    data: Vec<u32>,
+    data: Lanes,
     /// int8: the weight scale of every output feature; bf16: empty.
     scales: Vec<f32>,
 }
@@ -153,7 +153,8 @@ impl PackedWeight {
             WeightFormat::Int8 => w.chunks_exact(k.max(1)).map(int8_scale).collect(),
             _ => Vec::new(),
         };
-        let mut data = vec![0u32; blocks * steps * NB];
+        let mut data = Lanes::default();
+        data.resize(blocks * steps * NB);
         // One row's lanes, as an activation row would be packed, then
         // spread out to its column of the block.
         let mut lanes = vec![0u32; steps];
@@ -185,11 +186,61 @@ impl PackedWeight {
     }
 }
 
+/// One cache line of lanes.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u32; 16]);
+
+// SAFETY: sixteen u32 fill the 64-byte alignment exactly: no padding, and
+// every bit pattern is valid.
+unsafe impl bytemuck::Zeroable for Line {}
+// SAFETY: as above.
+unsafe impl bytemuck::Pod for Line {}
+
+/// Zero-initialised 32-bit lanes whose first lane starts a cache line. An
+/// AMX tile load whose rows straddle cache lines runs about six times
+/// slower than an aligned one, and every packed operand here is read in
+/// whole 64-byte rows (`k` is padded to 32 values, blocks are `NB` lanes
+/// wide), so aligning the buffers' starts aligns every row.
+#[derive(Default)]
+struct Lanes {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl Lanes {
+    const fn new() -> Self {
+        Self {
+            lines: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Grows (zero-filled) or shrinks to `len` lanes.
+    fn resize(&mut self, len: usize) {
+        self.lines.resize(len.div_ceil(16), Line([0; 16]));
+        self.len = len;
+    }
+}
+
+impl std::ops::Deref for Lanes {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        &bytemuck::cast_slice(&self.lines)[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Lanes {
+    fn deref_mut(&mut self) -> &mut [u32] {
+        &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
+    }
+}
+
 /// One call's activations, converted and packed (`[rows_p][steps]` lanes,
 /// or f32 row tiles).
 struct PackedRows {
     /// At least the packed lanes (a reused buffer may be longer).
-    data: Vec<u32>,
+    data: Lanes,
     /// Rows held (padded).
     rows_p: usize,
     /// int8: the scale of every row; bf16: empty.
@@ -245,9 +296,9 @@ fn pack_rows(
 
 thread_local! {
     /// Converted activations of the current call (on the calling thread).
-    static ROWS_SCRATCH: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+    static ROWS_SCRATCH: Cell<Lanes> = const { Cell::new(Lanes::new()) };
     /// A team thread's block accumulators.
-    static ACC_SCRATCH: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+    static ACC_SCRATCH: Cell<Lanes> = const { Cell::new(Lanes::new()) };
 }
 
 /// A buffer of at least `len` lanes that lived on in this thread since its
@@ -255,16 +306,16 @@ thread_local! {
 /// these sizes every fresh one is a new mapping, and its page faults cost
 /// ~3 % of a forward. The team's threads live as long as the model. A
 /// nested use gets a new buffer.
-fn scratch(cell: &'static std::thread::LocalKey<Cell<Vec<u32>>>, len: usize) -> Vec<u32> {
+fn scratch(cell: &'static std::thread::LocalKey<Cell<Lanes>>, len: usize) -> Lanes {
     let mut v = cell.with(Cell::take);
     if v.len() < len {
-        v.resize(len, 0);
+        v.resize(len);
     }
     v
 }
 
 /// Returns a [`scratch`] buffer for the thread's next call.
-fn keep(cell: &'static std::thread::LocalKey<Cell<Vec<u32>>>, v: Vec<u32>) {
+fn keep(cell: &'static std::thread::LocalKey<Cell<Lanes>>, v: Lanes) {
     cell.with(|c| c.set(v));
 }
 
@@ -681,53 +732,72 @@ pub(crate) fn linear_with(
         // Accumulators of one block for every row: `rows_p × NB` f32 or i32
         // (each pass over `k` starts by overwriting them).
         let mut acc = scratch(&ACC_SCRATCH, rows_p * NB);
-        for blk in part(blocks, share, team.threads()) {
-            let b = &w.data[blk * steps * NB..(blk + 1) * steps * NB];
-            let mut s0 = 0;
-            while s0 < steps {
-                let sc = KC_STEPS.min(steps - s0);
-                let mut r0 = 0;
-                while r0 < rows {
-                    let mr = kernel.mr.min(rows - r0);
-                    // SAFETY: `a` holds rows_p rows of lda ≥ steps lanes (the
-                    // 16-bit formats pad rows to 16, and only the AMX kernel,
-                    // whole 16-row tiles per call, reads past `mr`; f32 tiles start at
-                    // r0 · k, a multiple of the tile height); the call reads
-                    // steps s0..s0 + sc of rows r0..r0 + mr. `b` is this
-                    // block's steps × NB lanes, read from step s0; `acc` holds
-                    // rows_p × NB. For the 16-bit formats steps and KC_STEPS
-                    // are multiples of 16, so sc is. `kernel.available()` was
-                    // checked above.
-                    unsafe {
-                        (kernel.run)(Call {
-                            a: a.as_ptr().add(r0 * lda + s0 * step),
-                            lda,
-                            b: b.as_ptr().add(s0 * NB),
-                            steps: sc,
-                            c: acc.as_mut_ptr().add(r0 * NB),
-                            load_c: s0 > 0,
-                            mr,
-                        });
+        let chunk_rows = row_chunk(lda, kernel.mr);
+        let mut m0 = 0;
+        while m0 < rows {
+            let m1 = rows.min(m0 + chunk_rows);
+            for blk in part(blocks, share, team.threads()) {
+                let b = &w.data[blk * steps * NB..(blk + 1) * steps * NB];
+                let first = blk * NB;
+                let width = NB.min(out - first);
+                let bias = epi.bias.map(|b| &b[first..first + width]);
+                let feature_scales = &w.scales[first.min(w.scales.len())..];
+                let mut s0 = 0;
+                while s0 < steps {
+                    let sc = KC_STEPS.min(steps - s0);
+                    let last = s0 + sc == steps;
+                    let mut r0 = m0;
+                    while r0 < m1 {
+                        let mr = kernel.mr.min(m1 - r0);
+                        // SAFETY: `a` holds rows_p rows of lda ≥ steps lanes (the
+                        // 16-bit formats pad rows to 16, and only the AMX kernel,
+                        // whole 16-row tiles per call, reads past `mr`; f32 tiles start at
+                        // r0 · k, a multiple of the tile height); the call reads
+                        // steps s0..s0 + sc of rows r0..r0 + mr. `b` is this
+                        // block's steps × NB lanes, read from step s0; `acc` holds
+                        // rows_p × NB. For the 16-bit formats steps and KC_STEPS
+                        // are multiples of 16, so sc is. `kernel.available()` was
+                        // checked above.
+                        unsafe {
+                            (kernel.run)(Call {
+                                a: a.as_ptr().add(r0 * lda + s0 * step),
+                                lda,
+                                b: b.as_ptr().add(s0 * NB),
+                                steps: sc,
+                                c: acc.as_mut_ptr().add(r0 * NB),
+                                load_c: s0 > 0,
+                                mr,
+                            });
+                        }
+                        // The rows just finished go out while their
+                        // accumulators are still in L1.
+                        if last {
+                            let block = Block {
+                                acc: &mut acc[r0 * NB..(r0 + mr) * NB],
+                                width,
+                                out,
+                                bias,
+                                int8: (w.kind == WeightFormat::Int8)
+                                    .then(|| (&a_scales[r0..r0 + mr], feature_scales)),
+                            };
+                            // SAFETY: rows r0..r0 + mr, columns first..first +
+                            // width of `dst` lie inside the rows × out buffer
+                            // checked above and belong to this block's share alone.
+                            unsafe {
+                                finish_block(
+                                    dst_ptr.get().add(r0 * out + first),
+                                    block,
+                                    epi.accumulate,
+                                    epi.act,
+                                )
+                            };
+                        }
+                        r0 += kernel.mr;
                     }
-                    r0 += kernel.mr;
+                    s0 += sc;
                 }
-                s0 += sc;
             }
-            let first = blk * NB;
-            let width = NB.min(out - first);
-            let block = Block {
-                acc: &mut acc[..rows * NB],
-                first,
-                width,
-                out,
-                bias: epi.bias.map(|b| &b[first..first + width]),
-                int8: (w.kind == WeightFormat::Int8)
-                    .then(|| (a_scales, &w.scales[first..first + width])),
-            };
-            // SAFETY: rows 0..rows, columns first..first + width of `dst`
-            // lie inside the rows × out buffer checked above and belong to
-            // this block's share alone.
-            unsafe { finish_block(dst_ptr.get(), block, epi.accumulate, epi.act) };
+            m0 = m1;
         }
         keep(&ACC_SCRATCH, acc);
     });
@@ -735,12 +805,21 @@ pub(crate) fn linear_with(
     done
 }
 
-/// One finished block of accumulators and what its epilogue needs.
+/// Rows of activations per sweep over the weight blocks: as many as keep
+/// about [`ROW_CHUNK_BYTES`] of them (`lda` lanes a row), in whole kernel
+/// tiles of `mr` rows.
+fn row_chunk(lda: usize, mr: usize) -> usize {
+    (ROW_CHUNK_BYTES / (lda * 4).max(1) / mr).max(1) * mr
+}
+
+const ROW_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Finished accumulators of some rows of one block, and what their
+/// epilogue needs.
 struct Block<'a> {
     /// `rows × NB` accumulators (f32 bits, or i32 for int8).
     acc: &'a mut [u32],
-    /// First output feature of the block, and how many are real.
-    first: usize,
+    /// How many of the block's columns are real.
     width: usize,
     /// Output row length.
     out: usize,
@@ -749,14 +828,14 @@ struct Block<'a> {
     int8: Option<(&'a [f32], &'a [f32])>,
 }
 
-/// Writes a block's products into `dst` (`rows × out`): scaled (int8), plus
-/// the bias, then activated or added to `dst`. One call per block, so the
-/// element loops are vectorised once and the activation is applied while
-/// the values are in registers.
+/// Writes a block's products into `dst` (its first row and column;
+/// `out` floats per row): scaled (int8), plus the bias, then activated or
+/// added to `dst`. The element loops are vectorised once per block, and
+/// the activation is applied while the values are in registers.
 ///
 /// # Safety
-/// `dst` must hold `rows × out` floats (rows = `acc.len() / NB`), the
-/// block's columns written by no one else meanwhile.
+/// `dst` must hold `acc.len() / NB` rows of `width` floats `out` apart,
+/// written by no one else meanwhile.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 unsafe fn finish_block<'a>(
     dst: *mut f32,
@@ -766,64 +845,66 @@ unsafe fn finish_block<'a>(
 ) {
     let Block {
         acc,
-        first,
         width,
         out,
         bias,
         int8,
     } = block;
-    for (r, tile) in acc.chunks_exact_mut(NB).enumerate() {
-        let tile = &mut tile[..width];
+    for (r, tile) in acc.chunks_exact(NB).enumerate() {
         let scales = int8.map(|(rows, features)| (rows[r], features));
         // SAFETY: the caller's contract: row r's block columns are ours.
-        let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * out + first), width) };
+        let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * out), width) };
         // Full blocks (all but a layer's last, if any) get fixed-length
-        // loops, unrolled into a few vector instructions; loops of run-time
-        // length 32 cost more in set-up (and a `memcpy` call) than in work.
-        if let (Ok(tile), Ok(row)) = (
-            <&mut [u32; NB]>::try_from(&mut *tile),
-            <&mut [f32; NB]>::try_from(&mut *row),
-        ) {
-            finish_row(tile, row, bias, scales, accumulate, act);
-        } else {
-            finish_row(tile, row, bias, scales, accumulate, act);
+        // loops, unrolled into a few vector instructions.
+        match <&mut [f32; NB]>::try_from(&mut *row) {
+            Ok(row) => finish_row::<NB>(tile, row, bias, scales, accumulate, act),
+            Err(_) => finish_row::<0>(tile, row, bias, scales, accumulate, act),
         }
     }
 }
 
 /// One row of [`finish_block`]: the accumulators scaled (int8: by the row's
 /// and each feature's scale), plus the bias, then activated into `row` or
-/// added to it.
+/// added to it. `N` is the row's length when known (0: `row.len()`). The
+/// values are gathered in a local array first: `row` and `tile` cannot be
+/// told apart from aliases once inlined, and the loops would stay scalar.
 #[inline(always)]
-fn finish_row(
-    tile: &mut [u32],
+fn finish_row<const N: usize>(
+    tile: &[u32],
     row: &mut [f32],
     bias: Option<&[f32]>,
     int8: Option<(f32, &[f32])>,
     accumulate: bool,
     act: Option<Activation>,
 ) {
-    if let Some((rs, feature_scales)) = int8 {
-        for (v, s) in tile.iter_mut().zip(feature_scales) {
-            *v = (*v as i32 as f32 * rs * s).to_bits();
+    let width = if N == 0 { row.len() } else { N };
+    let mut v = [0.0f32; NB];
+    let (v, tile) = (&mut v[..width], &tile[..width]);
+    match int8 {
+        Some((rs, feature_scales)) => {
+            for ((v, t), s) in v.iter_mut().zip(tile).zip(feature_scales) {
+                *v = *t as i32 as f32 * rs * s;
+            }
+        }
+        None => {
+            for (v, t) in v.iter_mut().zip(tile) {
+                *v = f32::from_bits(*t);
+            }
         }
     }
-    let values: &mut [f32] = bytemuck::cast_slice_mut(tile);
     if let Some(b) = bias {
-        for (v, b) in values.iter_mut().zip(b) {
+        for (v, b) in v.iter_mut().zip(b) {
             *v += b;
         }
     }
     if accumulate {
-        for (d, v) in row.iter_mut().zip(values.iter()) {
-            *d += v;
+        for (v, d) in v.iter_mut().zip(row.iter()) {
+            *v += d;
         }
     } else {
-        kernels::activate(values, act);
-        for (d, v) in row.iter_mut().zip(values.iter()) {
-            *d = *v;
-        }
+        kernels::activate(v, act);
     }
+    row[..width].copy_from_slice(v);
 }
 
 /// Whether f32 products should run on this module's blocked kernels rather
