@@ -190,6 +190,19 @@ fn cv_area_tab(ssize: usize, dsize: usize, scale: f64) -> Vec<AreaTap> {
     tab
 }
 
+/// An axis's taps grouped per destination pixel: `(first source index,
+/// taps, first tap)` spans, and every tap's weight.
+fn area_spans(tab: &[AreaTap]) -> (Vec<(usize, usize, usize)>, Vec<f32>) {
+    let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, t) in tab.iter().enumerate() {
+        match spans.last_mut() {
+            Some(last) if tab[last.2].di == t.di => last.1 += 1,
+            _ => spans.push((t.si, 1, i)),
+        }
+    }
+    (spans, tab.iter().map(|t| t.alpha).collect())
+}
+
 /// `resizeArea_<uchar, float>`: overlap-weighted area averaging for
 /// non-integer downscale factors, in OpenCV's accumulation order.
 fn cv_resize_area_general(resize: &AreaResize<'_>) -> Vec<u8> {
@@ -198,15 +211,7 @@ fn cv_resize_area_general(resize: &AreaResize<'_>) -> Vec<u8> {
     // pixel's entries are consecutive with consecutive source indices, so
     // grouping them into spans gives the same f32 additions in the same
     // order with contiguous loads.
-    let xtab = cv_area_tab(w, dw, scale_x);
-    let mut spans: Vec<(usize, usize, usize)> = Vec::with_capacity(dw);
-    for (i, t) in xtab.iter().enumerate() {
-        match spans.last_mut() {
-            Some(last) if xtab[last.2].di == t.di => last.1 += 1,
-            _ => spans.push((t.si, 1, i)),
-        }
-    }
-    let alphas: Vec<f32> = xtab.iter().map(|t| t.alpha).collect();
+    let (spans, alphas) = area_spans(&cv_area_tab(w, dw, scale_x));
     let ytab = cv_area_tab(h, dh, scale_y);
     let mut out = vec![0u8; dw * dh];
     let mut sum = vec![0f32; dw];
@@ -575,15 +580,7 @@ mod tests {
         ] {
             let img = textured(w, h);
             let (w, h) = (w as usize, h as usize);
-            let xtab = cv_area_tab(w, dw, w as f64 / dw as f64);
-            let mut spans: Vec<(usize, usize, usize)> = Vec::new();
-            for (i, t) in xtab.iter().enumerate() {
-                match spans.last_mut() {
-                    Some(last) if xtab[last.2].di == t.di => last.1 += 1,
-                    _ => spans.push((t.si, 1, i)),
-                }
-            }
-            let alphas: Vec<f32> = xtab.iter().map(|t| t.alpha).collect();
+            let (spans, alphas) = area_spans(&cv_area_tab(w, dw, w as f64 / dw as f64));
             let mut rows = AreaRows::new(img.as_raw(), w, &spans, &alphas);
             // Rows in the vertical pass's order, some asked for twice.
             for y in (0..h).flat_map(|y| [y, y]) {
