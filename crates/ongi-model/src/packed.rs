@@ -153,7 +153,7 @@ impl PackedWeight {
             WeightFormat::Int8 => w.chunks_exact(k.max(1)).map(int8_scale).collect(),
             _ => Vec::new(),
         };
-        let mut data = Lanes::default();
+        let mut data = Lanes::new();
         data.resize(blocks * steps * NB);
         // One row's lanes, as an activation row would be packed, then
         // spread out to its column of the block.
@@ -741,7 +741,6 @@ pub(crate) fn linear_with(
                 let first = blk * NB;
                 let width = NB.min(out - first);
                 let bias = epi.bias.map(|b| &b[first..first + width]);
-                let feature_scales = &w.scales[first.min(w.scales.len())..];
                 let mut s0 = 0;
                 while s0 < steps {
                     let sc = KC_STEPS.min(steps - s0);
@@ -773,12 +772,12 @@ pub(crate) fn linear_with(
                         // accumulators are still in L1.
                         if last {
                             let block = Block {
-                                acc: &mut acc[r0 * NB..(r0 + mr) * NB],
+                                acc: &acc[r0 * NB..(r0 + mr) * NB],
                                 width,
                                 out,
                                 bias,
                                 int8: (w.kind == WeightFormat::Int8)
-                                    .then(|| (&a_scales[r0..r0 + mr], feature_scales)),
+                                    .then(|| (&a_scales[r0..r0 + mr], &w.scales[first..])),
                             };
                             // SAFETY: rows r0..r0 + mr, columns first..first +
                             // width of `dst` lie inside the rows × out buffer
@@ -818,7 +817,7 @@ const ROW_CHUNK_BYTES: usize = 256 * 1024;
 /// epilogue needs.
 struct Block<'a> {
     /// `rows × NB` accumulators (f32 bits, or i32 for int8).
-    acc: &'a mut [u32],
+    acc: &'a [u32],
     /// How many of the block's columns are real.
     width: usize,
     /// Output row length.
