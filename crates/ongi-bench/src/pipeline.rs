@@ -44,9 +44,11 @@ struct PipelineResult {
 struct Stages {
     /// Reading object bytes (async, off the decode workers).
     load_s: f64,
-    /// Colour decode at the model's scale (decode workers).
+    /// The serving decode (decode workers): the colour at the model's scale,
+    /// and in `fast` mode also the full-size luma of the same pass.
     decode_s: f64,
-    /// Model input, greyscale decode, pHash and blur (decode workers).
+    /// Model input, greyscale pixels (a decode of their own where the serving
+    /// decode kept none), pHash and blur (decode workers).
     pixel_features_s: f64,
     /// Faces (decode workers; zero without face models).
     faces_s: f64,
@@ -173,7 +175,8 @@ pub fn bench_pipeline(args: &BenchArgs) -> Result<()> {
     if !args.json {
         writeln!(
             out,
-            "decode s: colour decode at the model's scale; pixels s: model input + greyscale decode + pHash + blur; \
+            "decode s: serving decode (colour at the model's scale; fast: with the full-size luma); \
+             pixels s: model input + greyscale pixels + pHash + blur; \
              model s: batch time shared among its photos; busy d/m: decode workers' and model's busy share of the wall time."
         )?;
     }

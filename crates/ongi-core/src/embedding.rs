@@ -429,9 +429,9 @@ impl EmbeddingService {
                 let t = Instant::now();
                 let pixels = preprocess::preprocess_decoded(&d, &cfg);
                 // pHash and blur run on OpenCV's full-size greyscale pixels:
-                // the exact decode's own luma, or a greyscale decode of their
-                // own beside a fast one; in reduced mode, on the reduced
-                // decode's luma.
+                // the luma the exact or fast decode kept (a greyscale decode
+                // of their own where it kept none); in reduced mode, on the
+                // reduced decode's luma.
                 let grey = preprocess::feature_grey(&bytes, max_pixels, &mut d)?;
                 let pixel_features = features::PixelFeatures {
                     width: d.width,

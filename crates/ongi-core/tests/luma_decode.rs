@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use ongi_core::preprocess::{
-    decode_for_mode, decode_grey, decode_image_scaled, DecodeMode, PreprocessConfig,
+    decode_for_mode, decode_grey, decode_image_scaled, DecodeMode, MinDecodeSize, PreprocessConfig,
     DEFAULT_MAX_PIXELS,
 };
 use ongi_test_support::{fixtures, real_photos};
@@ -85,4 +85,102 @@ fn real_photos_decode_once_for_colour_and_luma() {
         "{} real photos: one decode gives libjpeg's RGB and the luma",
         files.len()
     );
+}
+
+/// Fast mode decodes a YCbCr or grey JPEG once, at full size into its planes:
+/// the luma must be OpenCV's greyscale decode bit for bit, and the colour
+/// image, averaged from the planes, must sit on the DCT-reduced decode's grid
+/// and stay close to its pixels. Returns the mean |Δ| in levels of one
+/// one-pass decode, or `None` when the file took another path.
+fn check_fast(bytes: &[u8], name: &str, min: Option<MinDecodeSize>) -> Option<f64> {
+    let plain = decode_image_scaled(bytes, DEFAULT_MAX_PIXELS, min).unwrap();
+    let mut both = decode_for_mode(bytes, DEFAULT_MAX_PIXELS, min, DecodeMode::Fast).unwrap();
+    let luma = both.luma.take();
+    assert_eq!(both.scale_denom, plain.scale_denom, "{name}");
+    assert_eq!(
+        (both.width, both.height),
+        (plain.width, plain.height),
+        "{name}"
+    );
+    assert_eq!(both.source_box, plain.source_box, "{name}");
+    assert_eq!(both.image.dimensions(), plain.image.dimensions(), "{name}");
+    let luma = luma?;
+    let grey = decode_grey(bytes, DEFAULT_MAX_PIXELS, None).unwrap();
+    assert!(luma == grey, "{name}: fast luma is not OpenCV's grey");
+    if plain.scale_denom == 1 {
+        assert!(
+            both == plain,
+            "{name}: full-size fast decode is not libjpeg's"
+        );
+        return None;
+    }
+    let diff: u64 = both
+        .image
+        .as_raw()
+        .iter()
+        .zip(plain.image.as_raw())
+        .map(|(&a, &b)| u64::from(a.abs_diff(b)))
+        .sum();
+    let mad = diff as f64 / both.image.as_raw().len() as f64;
+    // Two low-pass reductions of the same pixels: a box mean against the
+    // DCT's own; a few levels apart on average, never a shifted grid.
+    assert!(
+        mad < 4.0,
+        "{name}: mean |Δ| {mad:.2} levels to the DCT-reduced decode"
+    );
+    Some(mad)
+}
+
+#[test]
+fn fast_fixture_jpegs_decode_once_at_full_size() {
+    let files = jpegs_in(fixtures::photos());
+    // Small fixtures: a small bound makes them reduce too, each at 1/2 to 1/8.
+    let mut one_pass = Vec::new();
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let name = f.display().to_string();
+        for edge in [16, 40, 90] {
+            let min = Some(MinDecodeSize::from(edge));
+            if let Some(mad) = check_fast(&bytes, &name, min) {
+                one_pass.push(mad);
+            }
+        }
+        // The default bound leaves them at full size: the exact decode's luma.
+        let cfg = PreprocessConfig::default();
+        check_fast(&bytes, &name, DecodeMode::Fast.min_decode_size(&cfg));
+    }
+    let worst = one_pass.iter().copied().fold(0.0, f64::max);
+    println!(
+        "{} one-pass decodes of {} fixtures, worst mean |Δ| {worst:.2} levels",
+        one_pass.len(),
+        files.len()
+    );
+    assert!(one_pass.len() >= 2 * files.len(), "{}", one_pass.len());
+    // CMYK is not YCbCr: decoded reduced, without a luma.
+    let cmyk = std::fs::read(fixtures::dir().join("malformed").join("cmyk.jpg")).unwrap();
+    assert_eq!(check_fast(&cmyk, "cmyk.jpg", Some(16.into())), None);
+}
+
+#[test]
+fn fast_real_photos_decode_once_at_full_size() {
+    let Some(dir) = real_photos::photo_dir() else {
+        return;
+    };
+    let cfg = PreprocessConfig::default();
+    let min = DecodeMode::Fast.min_decode_size(&cfg);
+    let files = jpegs_in(dir);
+    let mut mads = Vec::new();
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        if let Some(mad) = check_fast(&bytes, &f.display().to_string(), min) {
+            mads.push(mad);
+        }
+    }
+    let worst = mads.iter().copied().fold(0.0, f64::max);
+    println!(
+        "{} of {} real photos decoded once at full size, worst mean |Δ| {worst:.2} levels",
+        mads.len(),
+        files.len()
+    );
+    assert!(mads.len() >= 3, "only {} one-pass decodes", mads.len());
 }

@@ -10,7 +10,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use ongi_core::preprocess::{
-    decode_grey, decode_image, preprocess, PreprocessConfig, DEFAULT_MAX_PIXELS,
+    decode_for_mode, decode_grey, decode_image, preprocess, DecodeMode, PreprocessConfig,
+    DEFAULT_MAX_PIXELS,
 };
 use serde_json::Value;
 
@@ -70,6 +71,13 @@ fn every_malformed_file_yields_its_expected_outcome() {
         let grey = catch_unwind(AssertUnwindSafe(|| {
             decode_grey(&bytes, DEFAULT_MAX_PIXELS, None)
         }));
+        // Nor the serving fast decode's one full-size pass into planes.
+        let planes = catch_unwind(AssertUnwindSafe(|| {
+            decode_for_mode(&bytes, DEFAULT_MAX_PIXELS, Some(4.into()), DecodeMode::Fast)
+        }));
+        if planes.is_err() {
+            problems.push(format!("{name}: fast serving decode PANICKED"));
+        }
         match (&result, &grey) {
             (_, Err(_)) => problems.push(format!("{name}: greyscale decode PANICKED")),
             (Ok(Ok((img, _))), Ok(Err(e))) => problems.push(format!(

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use ongi_core::features::pixel_features;
-use ongi_core::preprocess::{decode_grey, decode_image_with_limit, preprocess, PreprocessConfig};
+use ongi_core::preprocess::{
+    decode_for_mode, decode_grey, decode_image_with_limit, preprocess, DecodeMode, PreprocessConfig,
+};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
@@ -153,6 +155,14 @@ fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
         let f = pixel_features(&grey);
         prop_assert!(f.laplacian_var.is_finite() && f.laplacian_var >= 0.0);
         prop_assert!(u64::from(f.width) * u64::from(f.height) <= FUZZ_MAX_PIXELS);
+    }
+    // The serving fast decode, bound low enough that any JPEG of a few blocks
+    // takes the one-pass raw-planes path.
+    if let Ok(d) = decode_for_mode(bytes, FUZZ_MAX_PIXELS, Some(4.into()), DecodeMode::Fast) {
+        prop_assert!(d.image.width() > 0 && d.image.height() > 0);
+        if let Some(luma) = &d.luma {
+            prop_assert_eq!(luma.dimensions(), (d.width, d.height));
+        }
     }
     Ok(())
 }

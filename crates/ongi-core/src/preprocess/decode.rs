@@ -9,7 +9,7 @@ use std::io::Cursor;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
-use super::decoded::{DecodedImage, MinDecodeSize};
+use super::decoded::{DecodedImage, Luma, MinDecodeSize};
 use super::jpeg::decode_jpeg;
 use super::{PreprocessConfig, PreprocessError};
 
@@ -39,9 +39,13 @@ pub enum DecodeMode {
     /// in the DCT domain (libjpeg's `scale_num / scale_denom`), keeping a shorter
     /// side of at least [`FAST_SAFETY_FACTOR`] × the resize target. About 3× cheaper
     /// on 12-MP photos; the tensors differ slightly from the exact ones (see
-    /// [`FAST_SAFETY_FACTOR`]). The pixel features do not depend on it: they come
-    /// from a second, full-size greyscale decode (OpenCV's pixels), so duplicate
-    /// and blur answers are the exact path's. Other formats decode as in `Exact`.
+    /// [`FAST_SAFETY_FACTOR`]). The pixel features do not depend on it: they are
+    /// computed on the full-size luma (OpenCV's greyscale pixels), so duplicate
+    /// and blur answers are the exact path's. Where the features are wanted
+    /// ([`decode_for_mode`]), a YCbCr or grey JPEG is decoded once, at full size
+    /// into its component planes: the luma serves the features as it is, and
+    /// the colour image is the planes averaged over `denom × denom` boxes
+    /// rather than reduced in the DCT domain. Other formats decode as in `Exact`.
     #[default]
     #[cfg_attr(
         feature = "clap",
@@ -70,10 +74,13 @@ impl DecodeMode {
         }
     }
 
-    /// Whether the pixel features use the model decode's own luma (exact:
-    /// full size, reduced: reduced) rather than a greyscale decode of their own.
-    pub fn features_from_model_decode(self) -> bool {
-        matches!(self, Self::Exact | Self::Reduced)
+    /// Which luma plane the serving decode keeps for the pixel features:
+    /// exact and reduced their decode's own, fast the full-size one.
+    fn luma(self) -> Luma {
+        match self {
+            Self::Exact | Self::Reduced => Luma::AtScale,
+            Self::Fast => Luma::Full,
+        }
     }
 
     /// Size a reduced decode must keep for `cfg`, or `None` when the image must be
@@ -151,34 +158,29 @@ pub fn decode_image_scaled(
     max_pixels: u64,
     min_size: Option<MinDecodeSize>,
 ) -> Result<DecodedImage, PreprocessError> {
-    decode_any(bytes, max_pixels, min_size, false)
+    decode_any(bytes, max_pixels, min_size, Luma::No)
 }
 
 /// The serving path's decode of a photo in `mode` at `min_size` (normally
-/// `mode.min_decode_size(..)`): [`decode_image_scaled`] that, where the pixel
-/// features are to use it (see [`DecodeMode::features_from_model_decode`]),
-/// also keeps a JPEG's luma plane at the same scale in [`DecodedImage::luma`],
-/// so that [`feature_grey`](super::feature_grey) finds it without a second
-/// decode.
+/// `mode.min_decode_size(..)`): [`decode_image_scaled`] that also keeps, in
+/// [`DecodedImage::luma`], the JPEG luma plane the pixel features are computed
+/// on (at the decode's scale in exact and reduced mode, at full size in fast
+/// mode), so that [`feature_grey`](super::feature_grey) finds it without a
+/// second decode.
 pub fn decode_for_mode(
     bytes: &[u8],
     max_pixels: u64,
     min_size: Option<MinDecodeSize>,
     mode: DecodeMode,
 ) -> Result<DecodedImage, PreprocessError> {
-    decode_any(
-        bytes,
-        max_pixels,
-        min_size,
-        mode.features_from_model_decode(),
-    )
+    decode_any(bytes, max_pixels, min_size, mode.luma())
 }
 
 fn decode_any(
     bytes: &[u8],
     max_pixels: u64,
     min_size: Option<MinDecodeSize>,
-    luma: bool,
+    luma: Luma,
 ) -> Result<DecodedImage, PreprocessError> {
     let format = image::guess_format(bytes)
         .map_err(|_| PreprocessError::UnrecognizedFormat { len: bytes.len() })?;

@@ -35,6 +35,17 @@ pub fn scale_denom_for(width: u32, height: u32, min: impl Into<MinDecodeSize>) -
         .unwrap_or(1)
 }
 
+/// Which luma plane a JPEG decode keeps beside the colour image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Luma {
+    /// None.
+    No,
+    /// At the colour image's scale (one DCT-domain decode serves both).
+    AtScale,
+    /// At full size, the colour image reduced from the same pass.
+    Full,
+}
+
 /// A decoded photo: upright RGB8, possibly reduced in the DCT domain.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedImage {
@@ -51,10 +62,12 @@ pub struct DecodedImage {
     /// past the photo's edge (the first ones after an EXIF flip). Pillow's `box`
     /// argument of `Image.resize`.
     pub source_box: [f32; 4],
-    /// The luma plane at the same scale, when the decoder had it for free:
-    /// libjpeg's greyscale output (OpenCV's `IMREAD_GRAYSCALE` pixels at full
-    /// size), turned upright by the EXIF orientation alone, as OpenCV does.
-    /// `None` for other formats and for JPEGs stored as RGB or CMYK.
+    /// The JPEG's luma plane, when the decode was asked for it ([`Luma`]) and
+    /// the file codes its pixels as YCbCr or grey: libjpeg's greyscale output
+    /// at the decode's scale, or at full size (OpenCV's `IMREAD_GRAYSCALE`
+    /// pixels) whatever the scale of `image`; turned upright by the EXIF
+    /// orientation alone, as OpenCV does. `None` for other formats and for
+    /// JPEGs stored as RGB or CMYK.
     pub luma: Option<GrayImage>,
 }
 

@@ -43,8 +43,9 @@ pub fn decode_grey(
 
 /// The greyscale pixels the pixel features are computed on: the luma plane
 /// the decode kept (taken out of `decoded`; see
-/// [`decode_for_mode`](super::decode_for_mode)), at the decode's
-/// scale, else OpenCV's full-size greyscale decode.
+/// [`decode_for_mode`](super::decode_for_mode): full size in exact and fast
+/// mode, the decode's scale in reduced mode), else OpenCV's full-size
+/// greyscale decode.
 pub fn feature_grey(
     bytes: &[u8],
     max_pixels: u64,

@@ -43,17 +43,35 @@ const TABLES: Tables = {
     t
 };
 
-/// Converts interleaved YCbCr pixels to RGB in place.
-pub(super) fn ycc_to_rgb_in_place(data: &mut [u8]) {
+/// One pixel.
+#[inline(always)]
+fn rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
     let t = &TABLES;
     let clamp = |v: i32| v.clamp(0, 255) as u8;
+    let y = i32::from(y);
+    let (cb, cr) = (usize::from(cb), usize::from(cr));
+    [
+        clamp(y + t.cr_r[cr]),
+        clamp(y + ((t.cb_g[cb] + t.cr_g[cr]) >> SCALE_BITS)),
+        clamp(y + t.cb_b[cb]),
+    ]
+}
+
+/// Converts interleaved YCbCr pixels to RGB in place.
+pub(super) fn ycc_to_rgb_in_place(data: &mut [u8]) {
     for px in data.chunks_exact_mut(3) {
-        let y = i32::from(px[0]);
-        let (cb, cr) = (usize::from(px[1]), usize::from(px[2]));
-        px[0] = clamp(y + t.cr_r[cr]);
-        px[1] = clamp(y + ((t.cb_g[cb] + t.cr_g[cr]) >> SCALE_BITS));
-        px[2] = clamp(y + t.cb_b[cb]);
+        let out = rgb(px[0], px[1], px[2]);
+        px.copy_from_slice(&out);
     }
+}
+
+/// Converts three equally long Y, Cb and Cr planes to interleaved RGB.
+pub(super) fn ycc_planes_to_rgb(y: &[u8], cb: &[u8], cr: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; y.len() * 3];
+    for (px, ((&y, &cb), &cr)) in out.chunks_exact_mut(3).zip(y.iter().zip(cb).zip(cr)) {
+        px.copy_from_slice(&rgb(y, cb, cr));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -72,5 +90,7 @@ mod tests {
         assert_eq!(&px[6..9], &[76, 255, 28]);
         // Pure red as JPEG codes it (Y 76, Cb 85, Cr 255).
         assert_eq!(&px[9..], &[254, 0, 0]);
+        let planes = ycc_planes_to_rgb(&[77, 0, 255, 76], &[128, 255, 0, 85], &[128, 255, 0, 255]);
+        assert_eq!(planes, px);
     }
 }
