@@ -75,8 +75,16 @@ fn every_malformed_file_yields_its_expected_outcome() {
         let planes = catch_unwind(AssertUnwindSafe(|| {
             decode_for_mode(&bytes, DEFAULT_MAX_PIXELS, Some(4.into()), DecodeMode::Fast)
         }));
-        if planes.is_err() {
-            problems.push(format!("{name}: fast serving decode PANICKED"));
+        match (&planes, &result) {
+            (Err(_), _) => problems.push(format!("{name}: fast serving decode PANICKED")),
+            // Whatever the colour decode refuses, the one-pass decode refuses.
+            (Ok(Ok(_)), Ok(Err(e))) => problems.push(format!(
+                "{name}: fast serving decode accepted what the colour decode refused ({e})"
+            )),
+            (Ok(Err(e)), Ok(Ok(_))) => problems.push(format!(
+                "{name}: fast serving decode refused what the colour decode accepted ({e})"
+            )),
+            _ => {}
         }
         match (&result, &grey) {
             (_, Err(_)) => problems.push(format!("{name}: greyscale decode PANICKED")),

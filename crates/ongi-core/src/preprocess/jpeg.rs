@@ -22,12 +22,14 @@ use std::panic::{self, AssertUnwindSafe};
 
 use image::metadata::Orientation;
 use image::{DynamicImage, GrayImage, RgbImage};
-use mozjpeg::{ColorSpace, CompInfo, DctMethod, Decompress, Marker};
+use mozjpeg::{ColorSpace, DctMethod, Decompress, Marker};
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr};
 
 use super::decoded::{oriented_source_box, scale_denom_for, DecodedImage, Luma, MinDecodeSize};
-use super::planes::{box_reduce, interleave3, packed_rows, Plane, MAX_BOX};
 use super::PreprocessError;
+use one_pass::Planes;
+
+mod one_pass;
 
 // With panic=abort, libjpeg's error exit would abort the whole server on the first
 // corrupt upload instead of failing that one image.
@@ -82,7 +84,7 @@ struct LibjpegFailure(String);
 /// file codes its pixels as YCbCr or grey (nearly every photo): one decode
 /// then serves the model and the pixel features. [`Luma::Full`] keeps it at
 /// full size and, when the image is to be reduced, reduces the colour from
-/// the same full-size pass (see [`decode_planes_unwinding`]).
+/// the same full-size pass (see [`one_pass`]).
 pub(super) fn decode_jpeg(
     bytes: &[u8],
     max_pixels: u64,
@@ -92,7 +94,7 @@ pub(super) fn decode_jpeg(
     guarded(|| match luma {
         Luma::No => decode_unwinding(bytes, max_pixels, min_size, false),
         Luma::AtScale => decode_unwinding(bytes, max_pixels, min_size, true),
-        Luma::Full => match decode_planes_unwinding(bytes, max_pixels, min_size)? {
+        Luma::Full => match one_pass::decode(bytes, max_pixels, min_size)? {
             Planes::Decoded(decoded) => Ok(decoded),
             // At full size the colour decode's own luma is the full-size one.
             Planes::FullSize => decode_unwinding(bytes, max_pixels, None, true),
@@ -290,143 +292,6 @@ fn decode_unwinding(
         source_box,
         luma,
     })
-}
-
-/// What [`decode_planes_unwinding`] made of a JPEG.
-enum Planes {
-    /// The full-size luma and the colour reduced from the same pass.
-    Decoded(DecodedImage),
-    /// The image is decoded at full size anyway.
-    FullSize,
-    /// Not YCbCr or grey, or sampled so that the chroma boxes would not be
-    /// whole samples.
-    Unsuited,
-}
-
-/// One box of the colour image in one component's samples: `(fx, fy)`.
-fn component_box(c: &CompInfo, max_h: i32, max_v: i32, denom: i32) -> Option<(usize, usize)> {
-    let (h, v) = (c.h_samp_factor, c.v_samp_factor);
-    let whole = h > 0 && v > 0 && (denom * h) % max_h == 0 && (denom * v) % max_v == 0;
-    let (fx, fy) = whole.then(|| (denom * h / max_h, denom * v / max_v))?;
-    let fits = |f: i32| (1..=MAX_BOX as i32).contains(&f);
-    (fits(fx) && fits(fy)).then_some((fx as usize, fy as usize))
-}
-
-/// The fast decode that also feeds the pixel features: one full-size pass
-/// into libjpeg's raw component planes (`raw_data_out`: the `JDCT_ISLOW`
-/// samples of each component at its own sampling, before any upsampling or
-/// colour conversion). The luma plane is libjpeg's greyscale output bit for
-/// bit, so the features see OpenCV's pixels; the colour image is every
-/// plane averaged over the boxes of one reduced pixel, then converted as
-/// libjpeg converts YCbCr. One entropy decode instead of two (a reduced
-/// colour decode and a full-size greyscale one) is what this saves.
-fn decode_planes_unwinding(
-    bytes: &[u8],
-    max_pixels: u64,
-    min_size: Option<MinDecodeSize>,
-) -> Result<Planes, JpegError> {
-    let mut dec = open_checked(bytes, max_pixels)?;
-    let (width, height) = dec.size();
-    let (full_w, full_h) = (to_u32(width)?, to_u32(height)?);
-    let denom = min_size.map_or(1, |min| scale_denom_for(full_w, full_h, min));
-    if denom == 1 {
-        return Ok(Planes::FullSize);
-    }
-    let comps = dec.components();
-    let grey = comps.len() == 1 && dec.color_space() == ColorSpace::JCS_GRAYSCALE;
-    let ycc = comps.len() == 3 && dec.color_space() == ColorSpace::JCS_YCbCr;
-    let max_h = comps.iter().map(|c| c.h_samp_factor).max().unwrap_or(0);
-    let max_v = comps.iter().map(|c| c.v_samp_factor).max().unwrap_or(0);
-    let boxes: Option<Vec<_>> = comps
-        .iter()
-        .map(|c| component_box(c, max_h, max_v, denom as i32))
-        .collect();
-    let d = denom as usize;
-    // The luma must be coded at full resolution to be the greyscale output.
-    let (Some(boxes), true) = (boxes, grey || ycc) else {
-        return Ok(Planes::Unsuited);
-    };
-    if boxes[0] != (d, d) {
-        return Ok(Planes::Unsuited);
-    }
-    // Per component: row stride, valid samples per row, valid rows, and the
-    // rows libjpeg writes (whole iMCU rows of `v · 8`).
-    let imcu_rows = height.div_ceil(max_v as usize * 8);
-    let shapes: Vec<_> = comps
-        .iter()
-        .map(|c| {
-            (
-                c.width_in_blocks as usize * 8,
-                // libjpeg's `downsampled_width` and `_height`.
-                (width * c.h_samp_factor as usize).div_ceil(max_h as usize),
-                (height * c.v_samp_factor as usize).div_ceil(max_v as usize),
-                imcu_rows * c.v_samp_factor as usize * 8,
-            )
-        })
-        .collect();
-    let colour_orientation = orientation(&dec);
-    let luma_orientation = exif_orientation(&dec);
-    dec.dct_method(DctMethod::IntegerSlow);
-    dec.do_block_smoothing(true);
-    // Zero-filled, then emptied: the wrapper appends into the spare capacity,
-    // which is then initialised memory whatever libjpeg leaves unwritten.
-    let mut planes: Vec<Vec<u8>> = shapes
-        .iter()
-        .map(|&(stride, _, _, rows)| {
-            let mut v = vec![0u8; stride * rows];
-            v.clear();
-            v
-        })
-        .collect();
-    let mut started = dec.raw()?;
-    {
-        let mut dest: Vec<&mut Vec<u8>> = planes.iter_mut().collect();
-        started.read_raw_data(&mut dest);
-    }
-    // Reads up to EOI, as every other decode does.
-    started.finish()?;
-
-    let (ow, oh) = (width.div_ceil(d), height.div_ceil(d));
-    let mut reduced = Vec::with_capacity(planes.len());
-    for (plane, (&(stride, w, h, _), &(fx, fy))) in planes.iter().zip(shapes.iter().zip(&boxes)) {
-        let plane = Plane {
-            data: plane,
-            stride,
-            width: w,
-            height: h,
-        };
-        reduced.push(box_reduce(&plane, fx, fy, ow, oh).ok_or_else(short_output)?);
-    }
-    let rgb = match reduced.as_slice() {
-        [y, cb, cr] => super::ycc::ycc_planes_to_rgb(y, cb, cr),
-        [y] => interleave3(y, y, y),
-        _ => return Ok(Planes::Unsuited),
-    };
-    let (w32, h32) = (to_u32(ow)?, to_u32(oh)?);
-    let img = RgbImage::from_raw(w32, h32, rgb).ok_or_else(short_output)?;
-    let mut img = DynamicImage::ImageRgb8(img);
-    img.apply_orientation(colour_orientation);
-
-    let (stride, _, _, _) = shapes[0];
-    let luma = packed_rows(planes.swap_remove(0), stride, width, height);
-    let luma = GrayImage::from_raw(full_w, full_h, luma).ok_or_else(short_output)?;
-    let mut luma = DynamicImage::ImageLuma8(luma);
-    luma.apply_orientation(luma_orientation);
-
-    let source_box = oriented_source_box(
-        (full_w as f32 / denom as f32, full_h as f32 / denom as f32),
-        (w32 as f32, h32 as f32),
-        colour_orientation,
-    );
-    let (width, height) = upright_size(full_w, full_h, colour_orientation);
-    Ok(Planes::Decoded(DecodedImage {
-        image: img.into_rgb8(),
-        width,
-        height,
-        scale_denom: denom,
-        source_box,
-        luma: Some(luma.into_luma8()),
-    }))
 }
 
 /// The photo's full size once `orientation` is applied.

@@ -50,10 +50,10 @@ pub(super) fn box_reduce(
         let rows = fy.min(h - y0);
         column.fill(0);
         for y in y0..y0 + rows {
-            let src = &plane.data[y * plane.stride..y * plane.stride + w];
-            for (sum, &v) in column.iter_mut().zip(src) {
-                *sum += u16::from(v);
-            }
+            add_row(
+                &mut column,
+                &plane.data[y * plane.stride..y * plane.stride + w],
+            );
         }
         let n = (rows * fx) as u32;
         let half = n / 2;
@@ -81,8 +81,17 @@ pub(super) fn box_reduce(
     Some(out)
 }
 
+/// Adds one row of samples to the column sums.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
+fn add_row(column: &mut [u16], src: &[u8]) {
+    for (sum, &v) in column.iter_mut().zip(src) {
+        *sum += u16::from(v);
+    }
+}
+
 /// The means of whole boxes `FX` columns wide whose sample count is
 /// `1 << shift`: a fixed width lets the sums vectorise.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
 fn whole_boxes<const FX: usize>(column: &[u16], out: &mut [u8], half: u32, shift: u32) {
     for (o, sums) in out.iter_mut().zip(column.chunks_exact(FX)) {
         let mut s = 0u32;

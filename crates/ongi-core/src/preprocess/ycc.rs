@@ -66,13 +66,45 @@ pub(super) fn ycc_to_rgb_in_place(data: &mut [u8]) {
 }
 
 /// Converts three equally long Y, Cb and Cr planes to interleaved RGB.
+///
+/// The tables' entries are the fixed-point products themselves, so this
+/// computes them per pixel instead (the same integer operations, which
+/// vectorise where table lookups do not) in runs of [`RUN`] pixels.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
 pub(super) fn ycc_planes_to_rgb(y: &[u8], cb: &[u8], cr: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; y.len() * 3];
-    for (px, ((&y, &cb), &cr)) in out.chunks_exact_mut(3).zip(y.iter().zip(cb).zip(cr)) {
-        px.copy_from_slice(&rgb(y, cb, cr));
+    let n = y.len().min(cb.len()).min(cr.len());
+    let mut out = vec![0u8; n * 3];
+    let runs = out.chunks_exact_mut(3 * RUN).zip(
+        y.chunks_exact(RUN)
+            .zip(cb.chunks_exact(RUN))
+            .zip(cr.chunks_exact(RUN)),
+    );
+    for (px, ((y, cb), cr)) in runs {
+        let (mut r, mut g, mut b) = ([0u8; RUN], [0u8; RUN], [0u8; RUN]);
+        for i in 0..RUN {
+            let (yv, x_cb, x_cr) = (
+                i32::from(y[i]),
+                i32::from(cb[i]) - 128,
+                i32::from(cr[i]) - 128,
+            );
+            let g_off = (-FIX_0_34414 * x_cb + ONE_HALF - FIX_0_71414 * x_cr) >> SCALE_BITS;
+            r[i] = (yv + ((FIX_1_40200 * x_cr + ONE_HALF) >> SCALE_BITS)).clamp(0, 255) as u8;
+            g[i] = (yv + g_off).clamp(0, 255) as u8;
+            b[i] = (yv + ((FIX_1_77200 * x_cb + ONE_HALF) >> SCALE_BITS)).clamp(0, 255) as u8;
+        }
+        for (i, p) in px.chunks_exact_mut(3).enumerate() {
+            p.copy_from_slice(&[r[i], g[i], b[i]]);
+        }
+    }
+    let done = n - n % RUN;
+    for (i, p) in out[done * 3..].chunks_exact_mut(3).enumerate() {
+        p.copy_from_slice(&rgb(y[done + i], cb[done + i], cr[done + i]));
     }
     out
 }
+
+/// Pixels per run of [`ycc_planes_to_rgb`].
+const RUN: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -92,5 +124,25 @@ mod tests {
         assert_eq!(&px[9..], &[254, 0, 0]);
         let planes = ycc_planes_to_rgb(&[77, 0, 255, 76], &[128, 255, 0, 85], &[128, 255, 0, 255]);
         assert_eq!(planes, px);
+    }
+
+    #[test]
+    fn planes_convert_as_the_tables_do_for_every_chroma_pair() {
+        // Every (Cb, Cr) pair with several lumas, in runs and a ragged tail.
+        let (mut y, mut cb, mut cr) = (Vec::new(), Vec::new(), Vec::new());
+        for c in 0..=255u8 {
+            for d in 0..=255u8 {
+                y.push(c.wrapping_mul(7).wrapping_add(d));
+                cb.push(c);
+                cr.push(d);
+            }
+        }
+        y.push(3);
+        cb.push(250);
+        cr.push(9);
+        let mut want = super::super::planes::interleave3(&y, &cb, &cr);
+        ycc_to_rgb_in_place(&mut want);
+        assert_eq!(ycc_planes_to_rgb(&y, &cb, &cr), want);
+        assert_eq!(want.len(), 3 * (256 * 256 + 1));
     }
 }
