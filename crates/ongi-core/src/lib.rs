@@ -12,5 +12,6 @@ pub mod preprocess;
 pub mod source;
 pub mod store;
 pub mod text_cache;
+mod tile;
 pub mod tokenize;
 pub mod untrusted;

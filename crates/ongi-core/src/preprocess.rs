@@ -19,6 +19,7 @@ mod decode;
 mod decoded;
 mod grey;
 mod jpeg;
+mod orient;
 mod planes;
 pub mod resize;
 mod ycc;

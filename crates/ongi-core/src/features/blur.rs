@@ -243,7 +243,7 @@ fn cv_resize_area_general(resize: &AreaResize<'_>) -> Vec<u8> {
 }
 
 /// Source rows handled together by [`AreaRows`]: one f32 lane each.
-const STRIP: usize = 16;
+const STRIP: usize = crate::tile::TILE;
 
 /// The horizontal pass of `resizeArea` (every destination column's span of
 /// one source row, summed in `xtab` order), computed for [`STRIP`]
@@ -327,9 +327,8 @@ fn area_strip(
 fn transpose_strip(strip: &[u8], w: usize, cols: &mut [[u8; STRIP]]) {
     let n = strip.len() / w.max(1);
     let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
     if n == STRIP {
-        done = transpose_strip_sse2(strip, w, cols);
+        done = transpose_strip_tiles(strip, w, cols);
     }
     for (x, col) in cols.iter_mut().enumerate().take(w).skip(done) {
         for (r, lane) in col.iter_mut().enumerate() {
@@ -338,40 +337,18 @@ fn transpose_strip(strip: &[u8], w: usize, cols: &mut [[u8; STRIP]]) {
     }
 }
 
-/// [`transpose_strip`] for a full strip, 16 × 16 bytes at a time (SSE2, in
-/// every x86-64 CPU); returns how many columns it laid out. Four rounds of
-/// byte interleaving of rows i and i + 8 turn the tile's (row, column)
-/// index bits around, which is the transpose.
-#[cfg(target_arch = "x86_64")]
-fn transpose_strip_sse2(strip: &[u8], w: usize, cols: &mut [[u8; STRIP]]) -> usize {
-    use std::arch::x86_64::{
-        __m128i, _mm_loadu_si128, _mm_storeu_si128, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
-    };
+/// [`transpose_strip`] for a full strip, one 16 × 16 tile at a time;
+/// returns how many columns it laid out.
+fn transpose_strip_tiles(strip: &[u8], w: usize, cols: &mut [[u8; STRIP]]) -> usize {
     let tiles = w / STRIP;
     for t in 0..tiles {
         let x0 = t * STRIP;
-        let mut v: [__m128i; STRIP] = std::array::from_fn(|r| {
-            let row = &strip[r * w + x0..r * w + x0 + STRIP];
-            // SAFETY: `row` is 16 readable bytes; the load is unaligned.
-            unsafe { _mm_loadu_si128(row.as_ptr().cast()) }
+        let tile: [[u8; STRIP]; STRIP] = std::array::from_fn(|r| {
+            let mut row = [0u8; STRIP];
+            row.copy_from_slice(&strip[r * w + x0..r * w + x0 + STRIP]);
+            row
         });
-        for _ in 0..4 {
-            v = std::array::from_fn(|j| {
-                let (a, b) = (v[j / 2], v[j / 2 + STRIP / 2]);
-                // SAFETY: SSE2 is part of the x86-64 baseline.
-                unsafe {
-                    if j % 2 == 0 {
-                        _mm_unpacklo_epi8(a, b)
-                    } else {
-                        _mm_unpackhi_epi8(a, b)
-                    }
-                }
-            });
-        }
-        for (col, lanes) in cols[x0..x0 + STRIP].iter_mut().zip(&v) {
-            // SAFETY: `col` is 16 writable bytes; the store is unaligned.
-            unsafe { _mm_storeu_si128(col.as_mut_ptr().cast(), *lanes) };
-        }
+        cols[x0..x0 + STRIP].copy_from_slice(&crate::tile::transpose16(&tile));
     }
     tiles * STRIP
 }

@@ -26,6 +26,7 @@ use mozjpeg::{ColorSpace, DctMethod, Decompress, Marker};
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr};
 
 use super::decoded::{oriented_source_box, scale_denom_for, DecodedImage, Luma, MinDecodeSize};
+use super::orient::orient_grey;
 use super::PreprocessError;
 use one_pass::Planes;
 
@@ -184,9 +185,7 @@ fn decode_grey_unwinding(bytes: &[u8], max_pixels: u64) -> Result<GrayImage, Jpe
         }
         n => return Err(JpegError::Components(n)),
     };
-    let mut img = DynamicImage::ImageLuma8(grey);
-    img.apply_orientation(orientation);
-    Ok(img.into_luma8())
+    Ok(orient_grey(grey, orientation))
 }
 
 fn to_u32(v: usize) -> Result<u32, JpegError> {
@@ -260,9 +259,7 @@ fn decode_unwinding(
             // Y (or the grey value) is the first of each pixel's three bytes.
             let plane = data.iter().step_by(3).copied().collect();
             let plane = GrayImage::from_raw(w, h, plane).ok_or_else(short_output)?;
-            let mut plane = DynamicImage::ImageLuma8(plane);
-            plane.apply_orientation(exif_only);
-            Some(plane.into_luma8())
+            Some(orient_grey(plane, exif_only))
         }
         None => None,
     };

@@ -22,6 +22,7 @@ use mozjpeg_sys::{
 };
 
 use super::super::decoded::{oriented_source_box, scale_denom_for, DecodedImage, MinDecodeSize};
+use super::super::orient::orient_grey;
 use super::super::planes::{box_reduce, interleave3, packed_rows, Plane, MAX_BOX};
 use super::{
     error_mgr, exif_orientation, open_checked, orientation, short_output, to_u32, upright_size,
@@ -257,8 +258,7 @@ pub(super) fn decode(
 
     let luma = packed_rows(luma, luma_stride, width, height);
     let luma = GrayImage::from_raw(full_w, full_h, luma).ok_or_else(short_output)?;
-    let mut luma = DynamicImage::ImageLuma8(luma);
-    luma.apply_orientation(luma_orientation);
+    let luma = orient_grey(luma, luma_orientation);
 
     let source_box = oriented_source_box(
         (full_w as f32 / denom as f32, full_h as f32 / denom as f32),
@@ -272,6 +272,6 @@ pub(super) fn decode(
         height,
         scale_denom: denom,
         source_box,
-        luma: Some(luma.into_luma8()),
+        luma: Some(luma),
     }))
 }
