@@ -1,6 +1,8 @@
 //! libjpeg's YCbCr → RGB conversion (`ycc_rgb_convert` in `jdcolor.c`), bit
-//! for bit: 16-bit fixed point through per-value tables, each channel clamped
-//! to 0..=255. libjpeg-turbo's SIMD converters give the same bytes.
+//! for bit: 16-bit fixed point, each channel clamped to 0..=255. libjpeg
+//! reads the products from per-value tables; they are computed here per
+//! pixel instead (the same integer operations, which vectorise where table
+//! lookups do not). libjpeg-turbo's SIMD converters give the same bytes.
 //!
 //! Why hand-written: decoding to YCbCr and converting here is what lets one
 //! libjpeg pass hand out both the luma plane (the pixel features' input) and
@@ -16,60 +18,52 @@ const FIX_1_77200: i32 = 116_130;
 const FIX_0_71414: i32 = 46_802;
 const FIX_0_34414: i32 = 22_554;
 
-/// `build_ycc_rgb_table`: index = the 8-bit sample, `x = sample − 128`.
-struct Tables {
-    cr_r: [i32; 256],
-    cb_b: [i32; 256],
-    cr_g: [i32; 256],
-    cb_g: [i32; 256],
-}
+/// Pixels per run: the runs' loops are what vectorises.
+const RUN: usize = 32;
 
-const TABLES: Tables = {
-    let mut t = Tables {
-        cr_r: [0; 256],
-        cb_b: [0; 256],
-        cr_g: [0; 256],
-        cb_g: [0; 256],
-    };
-    let mut i = 0;
-    while i < 256 {
-        let x = i as i32 - 128;
-        t.cr_r[i] = (FIX_1_40200 * x + ONE_HALF) >> SCALE_BITS;
-        t.cb_b[i] = (FIX_1_77200 * x + ONE_HALF) >> SCALE_BITS;
-        t.cr_g[i] = -FIX_0_71414 * x;
-        t.cb_g[i] = -FIX_0_34414 * x + ONE_HALF;
-        i += 1;
-    }
-    t
-};
-
-/// One pixel.
+/// One pixel: libjpeg's table entries `Cr_r_tab`, `Cb_b_tab`, `Cb_g_tab +
+/// Cr_g_tab` for `x = sample − 128`, added to the luma.
 #[inline(always)]
 fn rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
-    let t = &TABLES;
+    let (y, x_cb, x_cr) = (i32::from(y), i32::from(cb) - 128, i32::from(cr) - 128);
     let clamp = |v: i32| v.clamp(0, 255) as u8;
-    let y = i32::from(y);
-    let (cb, cr) = (usize::from(cb), usize::from(cr));
     [
-        clamp(y + t.cr_r[cr]),
-        clamp(y + ((t.cb_g[cb] + t.cr_g[cr]) >> SCALE_BITS)),
-        clamp(y + t.cb_b[cb]),
+        clamp(y + ((FIX_1_40200 * x_cr + ONE_HALF) >> SCALE_BITS)),
+        clamp(y + ((-FIX_0_34414 * x_cb + ONE_HALF - FIX_0_71414 * x_cr) >> SCALE_BITS)),
+        clamp(y + ((FIX_1_77200 * x_cb + ONE_HALF) >> SCALE_BITS)),
     ]
 }
 
+/// One run of pixels, channel by channel.
+#[inline(always)]
+fn run(y: &[u8], cb: &[u8], cr: &[u8]) -> [[u8; 3]; RUN] {
+    let mut out = [[0u8; 3]; RUN];
+    for (i, px) in out.iter_mut().enumerate() {
+        *px = rgb(y[i], cb[i], cr[i]);
+    }
+    out
+}
+
 /// Converts interleaved YCbCr pixels to RGB in place.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
 pub(super) fn ycc_to_rgb_in_place(data: &mut [u8]) {
-    for px in data.chunks_exact_mut(3) {
-        let out = rgb(px[0], px[1], px[2]);
-        px.copy_from_slice(&out);
+    let mut runs = data.chunks_exact_mut(3 * RUN);
+    for px in &mut runs {
+        let (mut y, mut cb, mut cr) = ([0u8; RUN], [0u8; RUN], [0u8; RUN]);
+        for (i, p) in px.chunks_exact(3).enumerate() {
+            (y[i], cb[i], cr[i]) = (p[0], p[1], p[2]);
+        }
+        for (p, v) in px.chunks_exact_mut(3).zip(run(&y, &cb, &cr)) {
+            p.copy_from_slice(&v);
+        }
+    }
+    for p in runs.into_remainder().chunks_exact_mut(3) {
+        let v = rgb(p[0], p[1], p[2]);
+        p.copy_from_slice(&v);
     }
 }
 
 /// Converts three equally long Y, Cb and Cr planes to interleaved RGB.
-///
-/// The tables' entries are the fixed-point products themselves, so this
-/// computes them per pixel instead (the same integer operations, which
-/// vectorise where table lookups do not) in runs of [`RUN`] pixels.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
 pub(super) fn ycc_planes_to_rgb(y: &[u8], cb: &[u8], cr: &[u8]) -> Vec<u8> {
     let n = y.len().min(cb.len()).min(cr.len());
@@ -80,20 +74,8 @@ pub(super) fn ycc_planes_to_rgb(y: &[u8], cb: &[u8], cr: &[u8]) -> Vec<u8> {
             .zip(cr.chunks_exact(RUN)),
     );
     for (px, ((y, cb), cr)) in runs {
-        let (mut r, mut g, mut b) = ([0u8; RUN], [0u8; RUN], [0u8; RUN]);
-        for i in 0..RUN {
-            let (yv, x_cb, x_cr) = (
-                i32::from(y[i]),
-                i32::from(cb[i]) - 128,
-                i32::from(cr[i]) - 128,
-            );
-            let g_off = (-FIX_0_34414 * x_cb + ONE_HALF - FIX_0_71414 * x_cr) >> SCALE_BITS;
-            r[i] = (yv + ((FIX_1_40200 * x_cr + ONE_HALF) >> SCALE_BITS)).clamp(0, 255) as u8;
-            g[i] = (yv + g_off).clamp(0, 255) as u8;
-            b[i] = (yv + ((FIX_1_77200 * x_cb + ONE_HALF) >> SCALE_BITS)).clamp(0, 255) as u8;
-        }
-        for (i, p) in px.chunks_exact_mut(3).enumerate() {
-            p.copy_from_slice(&[r[i], g[i], b[i]]);
+        for (p, v) in px.chunks_exact_mut(3).zip(run(y, cb, cr)) {
+            p.copy_from_slice(&v);
         }
     }
     let done = n - n % RUN;
@@ -103,12 +85,25 @@ pub(super) fn ycc_planes_to_rgb(y: &[u8], cb: &[u8], cr: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Pixels per run of [`ycc_planes_to_rgb`].
-const RUN: usize = 32;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// libjpeg's `build_ycc_rgb_table` and `ycc_rgb_convert`, as written there.
+    fn libjpeg_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+        let table = |f: &dyn Fn(i32) -> i32| -> Vec<i32> { (0..256).map(|i| f(i - 128)).collect() };
+        let cr_r = table(&|x| (FIX_1_40200 * x + ONE_HALF) >> SCALE_BITS);
+        let cb_b = table(&|x| (FIX_1_77200 * x + ONE_HALF) >> SCALE_BITS);
+        let cr_g = table(&|x| -FIX_0_71414 * x);
+        let cb_g = table(&|x| -FIX_0_34414 * x + ONE_HALF);
+        let (y, cb, cr) = (i32::from(y), usize::from(cb), usize::from(cr));
+        let clamp = |v: i32| v.clamp(0, 255) as u8;
+        [
+            clamp(y + cr_r[cr]),
+            clamp(y + ((cb_g[cb] + cr_g[cr]) >> SCALE_BITS)),
+            clamp(y + cb_b[cb]),
+        ]
+    }
 
     #[test]
     fn known_values() {
@@ -127,22 +122,31 @@ mod tests {
     }
 
     #[test]
-    fn planes_convert_as_the_tables_do_for_every_chroma_pair() {
-        // Every (Cb, Cr) pair with several lumas, in runs and a ragged tail.
+    fn every_chroma_pair_converts_as_libjpegs_tables_do() {
+        // Every (Cb, Cr) pair at several lumas, in runs and a ragged tail.
         let (mut y, mut cb, mut cr) = (Vec::new(), Vec::new(), Vec::new());
-        for c in 0..=255u8 {
-            for d in 0..=255u8 {
-                y.push(c.wrapping_mul(7).wrapping_add(d));
-                cb.push(c);
-                cr.push(d);
+        for luma in [0u8, 1, 64, 127, 128, 200, 254, 255] {
+            for c in 0..=255u8 {
+                for d in 0..=255u8 {
+                    y.push(luma.wrapping_add(c % 3));
+                    cb.push(c);
+                    cr.push(d);
+                }
             }
         }
         y.push(3);
         cb.push(250);
         cr.push(9);
-        let mut want = super::super::planes::interleave3(&y, &cb, &cr);
-        ycc_to_rgb_in_place(&mut want);
+        let want: Vec<u8> = y
+            .iter()
+            .zip(&cb)
+            .zip(&cr)
+            .flat_map(|((&y, &cb), &cr)| libjpeg_rgb(y, cb, cr))
+            .collect();
         assert_eq!(ycc_planes_to_rgb(&y, &cb, &cr), want);
-        assert_eq!(want.len(), 3 * (256 * 256 + 1));
+        let mut interleaved = super::super::planes::interleave3(&y, &cb, &cr);
+        ycc_to_rgb_in_place(&mut interleaved);
+        assert_eq!(interleaved, want);
+        assert_eq!(want.len(), 3 * (8 * 256 * 256 + 1));
     }
 }
