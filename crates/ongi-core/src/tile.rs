@@ -8,6 +8,22 @@
 /// Tile side in bytes.
 pub(crate) const TILE: usize = 16;
 
+/// The tile whose row `r` is the 16 bytes at column `x0` of row `row(r)` of
+/// `src` (rows `stride` bytes apart).
+pub(crate) fn gather(
+    src: &[u8],
+    stride: usize,
+    x0: usize,
+    row: impl Fn(usize) -> usize,
+) -> [[u8; TILE]; TILE] {
+    std::array::from_fn(|r| {
+        let at = row(r) * stride + x0;
+        let mut bytes = [0u8; TILE];
+        bytes.copy_from_slice(&src[at..at + TILE]);
+        bytes
+    })
+}
+
 /// The transpose of `tile`: row `c` of the result is column `c` of `tile`.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn transpose16(tile: &[[u8; TILE]; TILE]) -> [[u8; TILE]; TILE] {

@@ -343,11 +343,7 @@ fn transpose_strip_tiles(strip: &[u8], w: usize, cols: &mut [[u8; STRIP]]) -> us
     let tiles = w / STRIP;
     for t in 0..tiles {
         let x0 = t * STRIP;
-        let tile: [[u8; STRIP]; STRIP] = std::array::from_fn(|r| {
-            let mut row = [0u8; STRIP];
-            row.copy_from_slice(&strip[r * w + x0..r * w + x0 + STRIP]);
-            row
-        });
+        let tile = crate::tile::gather(strip, w, x0, |r| r);
         cols[x0..x0 + STRIP].copy_from_slice(&crate::tile::transpose16(&tile));
     }
     tiles * STRIP

@@ -6,7 +6,7 @@
 use image::metadata::Orientation;
 use image::{DynamicImage, GrayImage};
 
-use crate::tile::{transpose16, TILE};
+use crate::tile::{gather, transpose16, TILE};
 
 /// `img` turned upright by `orientation`; pixel for pixel what
 /// `DynamicImage::apply_orientation` gives.
@@ -46,12 +46,12 @@ pub(super) fn orient_grey(img: GrayImage, orientation: Orientation) -> GrayImage
         for tx in (0..tw).step_by(TILE) {
             // Rows read bottom-up when the destination runs right to left, so
             // that each transposed row is stored in increasing order.
-            let tile: [[u8; TILE]; TILE] = std::array::from_fn(|r| {
-                let y = if flip_y { ty + TILE - 1 - r } else { ty + r };
-                let mut row = [0u8; TILE];
-                row.copy_from_slice(&src[y * w + tx..y * w + tx + TILE]);
-                row
-            });
+            let tile = gather(
+                src,
+                w,
+                tx,
+                |r| if flip_y { ty + TILE - 1 - r } else { ty + r },
+            );
             let x0 = dx(if flip_y { ty + TILE - 1 } else { ty });
             for (c, col) in transpose16(&tile).iter().enumerate() {
                 let at = dy(tx + c) * h + x0;

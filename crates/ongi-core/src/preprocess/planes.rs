@@ -18,18 +18,20 @@ pub(super) struct Plane<'a> {
 /// The largest box side [`box_reduce`] accepts: its column sums are `u16`.
 pub(super) const MAX_BOX: usize = 8;
 
-/// The `out_w × out_h` plane whose sample `(x, y)` is the rounded mean of
-/// the `fx × fy` box of `plane` at `(x·fx, y·fy)`, clipped to the plane's valid
-/// samples (the last row and column of a picture whose size is not a multiple
-/// of the box). `None` when a box side is 0 or over [`MAX_BOX`], the plane is
-/// empty, or it is too small for the output grid.
+/// Fills `out`, rows of `out_w` samples, with the plane whose sample `(x, y)`
+/// is the rounded mean of the `fx × fy` box of `plane` at `(x·fx, y·fy)`,
+/// clipped to the plane's valid samples (the last row and column of a
+/// picture whose size is not a multiple of the box). `None` when a box side
+/// is 0 or over [`MAX_BOX`], the plane is empty, or it is too small for the
+/// output grid.
 pub(super) fn box_reduce(
     plane: &Plane<'_>,
     fx: usize,
     fy: usize,
+    out: &mut [u8],
     out_w: usize,
-    out_h: usize,
-) -> Option<Vec<u8>> {
+) -> Option<()> {
+    let out_h = out.len().checked_div(out_w)?;
     let (w, h) = (plane.width, plane.height);
     let boxes_fit = (1..=MAX_BOX).contains(&fx) && (1..=MAX_BOX).contains(&fy);
     let covered = out_w > 0
@@ -37,11 +39,11 @@ pub(super) fn box_reduce(
         && (out_w - 1) * fx < w
         && (out_h - 1) * fy < h
         && plane.stride >= w
-        && plane.data.len() >= (h - 1) * plane.stride + w;
+        && plane.data.len() >= (h - 1) * plane.stride + w
+        && out.len() == out_w * out_h;
     if !boxes_fit || !covered {
         return None;
     }
-    let mut out = vec![0u8; out_w * out_h];
     let mut column = vec![0u16; w];
     // Whole boxes: every box of a row but a clipped last one.
     let whole = (w / fx).min(out_w);
@@ -78,7 +80,7 @@ pub(super) fn box_reduce(
             *o = ((s + n / 2) / n) as u8;
         }
     }
-    Some(out)
+    Some(())
 }
 
 /// Adds one row of samples to the column sums.
@@ -172,7 +174,8 @@ mod tests {
             };
             for (fx, fy) in [(1, 1), (2, 2), (4, 4), (8, 8), (2, 4), (3, 3), (4, 2)] {
                 let (ow, oh) = (w.div_ceil(fx), h.div_ceil(fy));
-                let got = box_reduce(&p, fx, fy, ow, oh).unwrap();
+                let mut got = vec![0u8; ow * oh];
+                box_reduce(&p, fx, fy, &mut got, ow).unwrap();
                 assert_eq!(got, naive(&p, fx, fy, ow, oh), "{w}x{h} box {fx}x{fy}");
                 checked += got.len();
             }
@@ -189,10 +192,9 @@ mod tests {
             width: 64,
             height: 64,
         };
-        assert!(box_reduce(&p, 8, 8, 8, 8)
-            .unwrap()
-            .iter()
-            .all(|&v| v == 255));
+        let mut out = [0u8; 64];
+        box_reduce(&p, 8, 8, &mut out, 8).unwrap();
+        assert!(out.iter().all(|&v| v == 255));
     }
 
     #[test]
@@ -204,15 +206,15 @@ mod tests {
             width: 8,
             height: 8,
         };
-        assert!(box_reduce(&p, 0, 1, 8, 8).is_none());
-        assert!(box_reduce(&p, 9, 1, 1, 8).is_none());
+        assert!(box_reduce(&p, 0, 1, &mut [0; 64], 8).is_none());
+        assert!(box_reduce(&p, 9, 1, &mut [0; 8], 1).is_none());
         // An output grid that would start boxes past the plane.
-        assert!(box_reduce(&p, 2, 2, 5, 4).is_none());
+        assert!(box_reduce(&p, 2, 2, &mut [0; 20], 5).is_none());
         let short = Plane {
             data: &data[..60],
             ..p
         };
-        assert!(box_reduce(&short, 1, 1, 8, 8).is_none());
+        assert!(box_reduce(&short, 1, 1, &mut [0; 64], 8).is_none());
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! from memory afterwards, is what makes the pass cheap.
 
 use image::{DynamicImage, GrayImage, RgbImage};
-use mozjpeg::ColorSpace;
+use mozjpeg::{ColorSpace, CompInfo};
 use mozjpeg_sys::{
     jpeg_decompress_struct, jpeg_error_mgr, JSAMPARRAY_MUT, JSAMPROW_MUT, J_DCT_METHOD,
 };
@@ -60,6 +60,42 @@ fn component_box(h: i32, v: i32, max_h: i32, max_v: i32, denom: i32) -> Option<(
     let (fx, fy) = whole.then(|| (denom * h / max_h, denom * v / max_v))?;
     let fits = |f: i32| (1..=MAX_BOX as i32).contains(&f);
     (fits(fx) && fits(fy)).then_some((fx as usize, fy as usize))
+}
+
+/// Every component's layout at scale 1/`denom`, and the largest vertical
+/// sampling factor; `None` where a box would not be whole samples or the
+/// luma is not coded at full resolution (then it is not the greyscale output).
+fn layout(
+    infos: &[CompInfo],
+    width: usize,
+    height: usize,
+    denom: u32,
+) -> Option<(Vec<Component>, i32)> {
+    let max_h = infos.iter().map(|c| c.h_samp_factor).max()?;
+    let max_v = infos.iter().map(|c| c.v_samp_factor).max()?;
+    let comps = infos
+        .iter()
+        .map(|ci| {
+            let (fx, fy) = component_box(
+                ci.h_samp_factor,
+                ci.v_samp_factor,
+                max_h,
+                max_v,
+                denom as i32,
+            )?;
+            Some(Component {
+                fx,
+                fy,
+                stride: ci.width_in_blocks as usize * 8,
+                // libjpeg's `downsampled_width` and `_height`.
+                width: (width * ci.h_samp_factor as usize).div_ceil(max_h as usize),
+                height: (height * ci.v_samp_factor as usize).div_ceil(max_v as usize),
+                band: ci.v_samp_factor as usize * 8,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let d = denom as usize;
+    (comps.first().map(|k| (k.fx, k.fy)) == Some((d, d))).then_some((comps, max_v))
 }
 
 /// libjpeg's decompressor over `bytes`; destroyed on drop (also when an
@@ -129,49 +165,28 @@ pub(super) fn decode(
     let space = dec.color_space();
     let grey = dec.components().len() == 1 && space == ColorSpace::JCS_GRAYSCALE;
     let ycc = dec.components().len() == 3 && space == ColorSpace::JCS_YCbCr;
-    let colour_orientation = orientation(&dec);
-    let luma_orientation = exif_orientation(&dec);
-    drop(dec);
     if !(grey || ycc) {
         return Ok(Planes::Unsuited);
     }
+    // The layout, from the header alone: an unsuited file is passed on before
+    // libjpeg decodes anything (a progressive one, all of it, at start).
+    let Some((comps, max_v)) = layout(dec.components(), width, height, denom) else {
+        return Ok(Planes::Unsuited);
+    };
+    let colour_orientation = orientation(&dec);
+    let luma_orientation = exif_orientation(&dec);
+    drop(dec);
 
     let mut raw = RawDecoder::start(bytes);
     let c = &mut *raw.cinfo;
     let same_header = (c.image_width as usize, c.image_height as usize) == (width, height)
-        && c.output_width == c.image_width
-        && c.output_height == c.image_height;
-    // SAFETY: after `jpeg_read_header`, `comp_info` holds `num_components`
-    // entries for the decoder's lifetime.
-    let comp_info = unsafe { std::slice::from_raw_parts(c.comp_info, c.num_components as usize) };
-    let (max_h, max_v) = (c.max_h_samp_factor, c.max_v_samp_factor);
-    let d = denom as usize;
-    let mut comps = Vec::with_capacity(comp_info.len());
-    for ci in comp_info {
-        let Some((fx, fy)) = component_box(
-            ci.h_samp_factor,
-            ci.v_samp_factor,
-            max_h,
-            max_v,
-            denom as i32,
-        ) else {
-            return Ok(Planes::Unsuited);
-        };
-        comps.push(Component {
-            fx,
-            fy,
-            stride: ci.width_in_blocks as usize * 8,
-            // libjpeg's `downsampled_width` and `_height`.
-            width: (width * ci.h_samp_factor as usize).div_ceil(max_h as usize),
-            height: (height * ci.v_samp_factor as usize).div_ceil(max_v as usize),
-            band: ci.v_samp_factor as usize * 8,
-        });
-    }
-    // The luma must be coded at full resolution to be the greyscale output.
-    let luma_full = comps.first().map(|k| (k.fx, k.fy)) == Some((d, d));
-    if !same_header || !matches!(comps.len(), 1 | 3) || !luma_full {
+        && (c.output_width, c.output_height) == (c.image_width, c.image_height)
+        && c.num_components as usize == comps.len()
+        && c.max_v_samp_factor == max_v;
+    if !same_header {
         return Ok(Planes::Unsuited);
     }
+    let d = denom as usize;
     let lines = max_v as usize * 8;
     let imcu_rows = height.div_ceil(lines);
     let (ow, oh) = (width.div_ceil(d), height.div_ceil(d));
@@ -189,7 +204,7 @@ pub(super) fn decode(
         .iter()
         .map(|k| vec![0u8; k.stride * k.band])
         .collect();
-    let mut reduced: Vec<Vec<u8>> = comps.iter().map(|_| Vec::with_capacity(ow * oh)).collect();
+    let mut reduced: Vec<Vec<u8>> = comps.iter().map(|_| vec![0u8; ow * oh]).collect();
     let mut rows: [[JSAMPROW_MUT; 32]; 3] = [[std::ptr::null_mut(); 32]; 3];
     for band in 0..imcu_rows {
         let y0 = band * lines;
@@ -217,6 +232,7 @@ pub(super) fn decode(
             ));
         }
         let out_rows = band_out.min(oh - band * band_out);
+        let out = band * band_out * ow..(band * band_out + out_rows) * ow;
         for (i, k) in comps.iter().enumerate() {
             let first = band * k.band;
             let valid = k.band.min(k.height.saturating_sub(first));
@@ -235,8 +251,8 @@ pub(super) fn decode(
                 width: k.width,
                 height: valid,
             };
-            let part = box_reduce(&plane, k.fx, k.fy, ow, out_rows).ok_or_else(short_output)?;
-            reduced[i].extend_from_slice(&part);
+            box_reduce(&plane, k.fx, k.fy, &mut reduced[i][out.clone()], ow)
+                .ok_or_else(short_output)?;
         }
     }
     // SAFETY: the picture's `height` rows of `luma_stride` bytes were written.
