@@ -340,13 +340,10 @@ fn transpose_strip(strip: &[u8], w: usize, cols: &mut [[u8; STRIP]]) {
 /// [`transpose_strip`] for a full strip, one 16 × 16 tile at a time;
 /// returns how many columns it laid out.
 fn transpose_strip_tiles(strip: &[u8], w: usize, cols: &mut [[u8; STRIP]]) -> usize {
-    let tiles = w / STRIP;
-    for t in 0..tiles {
-        let x0 = t * STRIP;
-        let tile = crate::tile::gather(strip, w, x0, |r| r);
-        cols[x0..x0 + STRIP].copy_from_slice(&crate::tile::transpose16(&tile));
-    }
-    tiles * STRIP
+    let n = w - w % STRIP;
+    let rows = std::array::from_fn(|r| r * w);
+    crate::tile::transpose_band(strip, &rows, n, cols.as_flattened_mut(), |c| c * STRIP);
+    n
 }
 
 /// OpenCV's fixed-point scale for bilinear weights (`INTER_RESIZE_COEF_SCALE`).

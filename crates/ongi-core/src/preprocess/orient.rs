@@ -6,7 +6,7 @@
 use image::metadata::Orientation;
 use image::{DynamicImage, GrayImage};
 
-use crate::tile::{gather, transpose16, TILE};
+use crate::tile::{transpose_band, TILE};
 
 /// `img` turned upright by `orientation`; pixel for pixel what
 /// `DynamicImage::apply_orientation` gives.
@@ -43,21 +43,11 @@ pub(super) fn orient_grey(img: GrayImage, orientation: Orientation) -> GrayImage
     let dy = |x: usize| if flip_x { w - 1 - x } else { x };
     let (tw, th) = (w - w % TILE, h - h % TILE);
     for ty in (0..th).step_by(TILE) {
-        for tx in (0..tw).step_by(TILE) {
-            // Rows read bottom-up when the destination runs right to left, so
-            // that each transposed row is stored in increasing order.
-            let tile = gather(
-                src,
-                w,
-                tx,
-                |r| if flip_y { ty + TILE - 1 - r } else { ty + r },
-            );
-            let x0 = dx(if flip_y { ty + TILE - 1 } else { ty });
-            for (c, col) in transpose16(&tile).iter().enumerate() {
-                let at = dy(tx + c) * h + x0;
-                dst[at..at + TILE].copy_from_slice(col);
-            }
-        }
+        // Rows read bottom-up when the destination runs right to left, so
+        // that each transposed column is stored in increasing order.
+        let rows = std::array::from_fn(|r| w * if flip_y { ty + TILE - 1 - r } else { ty + r });
+        let x0 = dx(if flip_y { ty + TILE - 1 } else { ty });
+        transpose_band(src, &rows, tw, &mut dst, |c| dy(c) * h + x0);
     }
     // The ragged right columns and bottom rows, pixel by pixel.
     for y in 0..h {
