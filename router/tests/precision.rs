@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use ongi_core::preprocess::{load_and_preprocess, DecodeMode, PreprocessConfig};
-use ongi_model::{kernel_choice, ClipModel, Precision, WeightFormat};
+use ongi_model::{ClipModel, Precision};
 use serde_json::json;
 use support::{cosine, fixtures, photo_names, tiny_model, OngiServer};
 
@@ -73,9 +73,9 @@ fn check(name: &str, model_dir: &Path, photos: &[PathBuf]) {
     println!(
         "{name}: {checked} photos; worst cosine to f32: bf16 {:.6} ({}), int8 {:.6} ({})",
         worst[0],
-        kernel_choice(WeightFormat::Bf16).name,
+        Precision::Bf16.cpu_kernel(),
         worst[1],
-        kernel_choice(WeightFormat::Int8).name
+        Precision::Int8.cpu_kernel()
     );
     assert!(checked > 0, "no photo was checked");
 }
@@ -175,6 +175,6 @@ async fn album_answers_are_the_same_at_f32_and_bf16() {
     println!(
         "{} photos: duplicates, quality, categories and score ranking identical at f32 and bf16 ({})",
         keys.len(),
-        kernel_choice(WeightFormat::Bf16).name
+        Precision::Bf16.cpu_kernel()
     );
 }

@@ -11,15 +11,20 @@
 //! (elements `k` and `k + 1`: bf16 bits, or an int8 value widened to i16),
 //! the operand layout of every pair-dot-product instruction the CPUs have:
 //! AMX `tdpbf16ps`, AVX512-BF16 `vdpbf16ps`, VNNI `vpdpwssd`, AVX2
-//! `vpmaddwd`. Activations are packed per call: f32 into step-major tiles
-//! of the kernel's height (one step's broadcasts share a cache line), the
-//! 16-bit formats converted into `[rows][k/2]` lanes, with `k` padded to a
-//! multiple of 32 (one AMX tile row) and rows to 16 (one tile's height).
+//! `vpmaddwd`. On VNNI CPUs int8 lanes hold four values as bytes instead
+//! ([`WeightFormat::Int8Quads`], the operands of `vpdpbusd`, twice the
+//! products per instruction). Activations are packed per call: f32 into
+//! step-major tiles of the kernel's height (one step's broadcasts share a
+//! cache line), the other formats converted into `[rows][lanes]`, with `k`
+//! padded to a multiple of 32 (one AMX tile row; 64 for quads) and rows to
+//! 16 (one tile's height).
 //!
 //! **int8** is symmetric: one scale per output feature for the weights, one
 //! per row for the activations (`max |x| / 127`, computed per call). The
-//! products are exact integer sums (|a·w| ≤ 127², no saturation at any
-//! depth a CLIP layer has), so every CPU computes the same int8 answers.
+//! products are exact integer sums (|a·w| ≤ 255 · 127, no overflow at any
+//! depth a CLIP layer has); quads offset the activations by 128 (the
+//! instruction's unsigned operand) and subtract `128 · Σ w` afterwards, so
+//! both layouts, and so every CPU, compute the same int8 answers.
 //!
 //! **Blocking.** Each block is walked in passes of [`KC_STEPS`] lanes of
 //! `k` (16 KB of weights, which stay in L1 while every row tile of the batch
@@ -59,8 +64,14 @@ pub enum WeightFormat {
     /// bfloat16 operands, f32 accumulation.
     Bf16,
     /// Symmetric int8 operands (per-feature weight scales, per-row activation
-    /// scales), exact i32 accumulation.
+    /// scales), exact i32 accumulation; two values per lane, each widened to
+    /// i16.
     Int8,
+    /// The same int8 numbers four to a lane as bytes (weights signed,
+    /// activations offset by 128 to unsigned), the operands of VNNI's
+    /// `vpdpbusd`; the offset's share of every sum is subtracted in the
+    /// epilogue, so the products equal [`Self::Int8`]'s bit for bit.
+    Int8Quads,
 }
 
 impl WeightFormat {
@@ -70,6 +81,24 @@ impl WeightFormat {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
             Self::Int8 => "int8",
+            Self::Int8Quads => "int8-quads",
+        }
+    }
+
+    /// Whether the products are int8 (integer sums, scaled in the epilogue).
+    fn is_int8(self) -> bool {
+        matches!(self, Self::Int8 | Self::Int8Quads)
+    }
+
+    /// The int8 layout for this CPU: quads where a `vpdpbusd` kernel can
+    /// run them (twice the products per instruction of `vpdpwssd`), pairs
+    /// elsewhere.
+    pub(crate) fn int8_for_cpu() -> Self {
+        let f = CpuFeatures::get();
+        if f.avx512_vnni || f.avx_vnni {
+            Self::Int8Quads
+        } else {
+            Self::Int8
         }
     }
 
@@ -78,6 +107,7 @@ impl WeightFormat {
         match self {
             Self::F32 => 1,
             Self::Bf16 | Self::Int8 => 2,
+            Self::Int8Quads => 4,
         }
     }
 
@@ -86,6 +116,8 @@ impl WeightFormat {
         match self {
             Self::F32 => k,
             Self::Bf16 | Self::Int8 => k.div_ceil(32) * 32,
+            // Rows of lanes stay a multiple of 16 lanes (one 64-byte line).
+            Self::Int8Quads => k.div_ceil(64) * 64,
         }
     }
 
@@ -107,6 +139,23 @@ fn bf16_bits(v: f32) -> u32 {
 fn int8_bits(v: f32, inv_scale: f32) -> u32 {
     ((v * inv_scale).round_ties_even().clamp(-127.0, 127.0) as i16 as u16) as u32
 }
+
+/// [`int8_bits`] as one signed byte.
+#[inline(always)]
+fn int8_byte(v: f32, inv_scale: f32) -> u32 {
+    int8_bits(v, inv_scale) & 0xff
+}
+
+/// [`int8_bits`] plus [`QUAD_OFFSET`], as one unsigned byte (1..=255).
+#[inline(always)]
+fn int8_offset_byte(v: f32, inv_scale: f32) -> u32 {
+    (int8_bits(v, inv_scale) as u16 as i16 as i32 + QUAD_OFFSET) as u32 & 0xff
+}
+
+/// What quad activations are offset by: `vpdpbusd` multiplies unsigned
+/// bytes by signed ones, so `q + 128` goes in and `128 · Σ w` comes out of
+/// every sum again.
+const QUAD_OFFSET: i32 = 128;
 
 /// The symmetric int8 scale of a row: `max |v| / 127` (1 for an all-zero row).
 fn int8_scale(row: &[f32]) -> f32 {
@@ -130,6 +179,9 @@ pub(crate) struct PackedWeight {
     data: Lanes,
     /// int8: the weight scale of every output feature; bf16: empty.
     scales: Vec<f32>,
+    /// int8 quads: `QUAD_OFFSET · Σ w` of every output feature (its integer
+    /// weights), which the epilogue subtracts; otherwise empty.
+    offsets: Vec<i32>,
 }
 
 impl std::fmt::Debug for PackedWeight {
@@ -149,9 +201,24 @@ impl PackedWeight {
     pub(crate) fn pack(w: &[f32], out: usize, k: usize, kind: WeightFormat) -> Self {
         let steps = kind.steps(k);
         let blocks = out.div_ceil(NB);
-        let scales: Vec<f32> = match kind {
-            WeightFormat::Int8 => w.chunks_exact(k.max(1)).map(int8_scale).collect(),
-            _ => Vec::new(),
+        let scales: Vec<f32> = if kind.is_int8() {
+            w.chunks_exact(k.max(1)).map(int8_scale).collect()
+        } else {
+            Vec::new()
+        };
+        let offsets: Vec<i32> = if kind == WeightFormat::Int8Quads {
+            w.chunks_exact(k.max(1))
+                .zip(&scales)
+                .map(|(row, s)| {
+                    let sum: i32 = row
+                        .iter()
+                        .map(|&v| int8_bits(v, 1.0 / s) as u16 as i16 as i32)
+                        .sum();
+                    QUAD_OFFSET * sum
+                })
+                .collect()
+        } else {
+            Vec::new()
         };
         let mut data = Lanes::new();
         data.resize(blocks * steps * NB);
@@ -170,6 +237,10 @@ impl PackedWeight {
                     let inv = 1.0 / scales[o];
                     pack_pairs(row, &mut lanes, |v| int8_bits(v, inv));
                 }
+                WeightFormat::Int8Quads => {
+                    let inv = 1.0 / scales[o];
+                    pack_quads(row, &mut lanes, |v| int8_byte(v, inv));
+                }
             }
             let base = (o / NB) * steps * NB + o % NB;
             for (j, l) in lanes.iter().enumerate() {
@@ -182,6 +253,7 @@ impl PackedWeight {
             k,
             data,
             scales,
+            offsets,
         }
     }
 }
@@ -264,7 +336,7 @@ fn pack_rows(
     // Rows past `rows` keep stale values: only the AMX kernel reads them,
     // into accumulator rows that are never used.
     let mut data = scratch(&ROWS_SCRATCH, rows_p * lda);
-    let mut scales = vec![0.0f32; if kind == WeightFormat::Int8 { rows } else { 0 }];
+    let mut scales = vec![0.0f32; if kind.is_int8() { rows } else { 0 }];
     let ptr = SendPtr(data.as_mut_ptr().cast());
     let scales_ptr = SendPtr(scales.as_mut_ptr());
     team.run(|share| {
@@ -275,13 +347,17 @@ fn pack_rows(
                 std::slice::from_raw_parts_mut(ptr.get().cast::<u32>().add(r * lda), lda)
             };
             let src = &x[r * k..(r + 1) * k];
-            match kind {
-                WeightFormat::Int8 => {
-                    let scale = int8_scale(src);
-                    unsafe { *scales_ptr.get().add(r) = scale };
+            if kind.is_int8() {
+                let scale = int8_scale(src);
+                // SAFETY: as above.
+                unsafe { *scales_ptr.get().add(r) = scale };
+                if kind == WeightFormat::Int8Quads {
+                    pack_row_int8_quads(src, dst, 1.0 / scale);
+                } else {
                     pack_row_int8(src, dst, 1.0 / scale);
                 }
-                _ => pack_row_bf16(src, dst),
+            } else {
+                pack_row_bf16(src, dst);
             }
         }
     })?;
@@ -380,6 +456,32 @@ fn pack_row_bf16(src: &[f32], dst: &mut [u32]) {
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn pack_row_int8(src: &[f32], dst: &mut [u32], inv_scale: f32) {
     pack_pairs(src, dst, |v| int8_bits(v, inv_scale));
+}
+
+/// [`pack_pairs`] with four byte values per lane (value `k` in the lowest
+/// byte). The padding is zero bytes: it meets zero weights, and the offset
+/// subtracted afterwards counts only the real weights.
+#[inline(always)]
+fn pack_quads(src: &[f32], dst: &mut [u32], conv: impl Fn(f32) -> u32) {
+    let mut quads = src.chunks_exact(4);
+    for (d, q) in dst.iter_mut().zip(&mut quads) {
+        *d = conv(q[0]) | (conv(q[1]) << 8) | (conv(q[2]) << 16) | (conv(q[3]) << 24);
+    }
+    let mut filled = src.len() / 4;
+    let rest = quads.remainder();
+    if !rest.is_empty() {
+        dst[filled] = rest
+            .iter()
+            .enumerate()
+            .fold(0, |lane, (i, &v)| lane | (conv(v) << (8 * i)));
+        filled += 1;
+    }
+    dst[filled..].fill(0);
+}
+
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn pack_row_int8_quads(src: &[f32], dst: &mut [u32], inv_scale: f32) {
+    pack_quads(src, dst, |v| int8_offset_byte(v, inv_scale));
 }
 
 /// One micro-kernel call: `c[0..mr][0..NB] (+)= a[0..mr] · b` over `steps`
@@ -532,6 +634,32 @@ pub(crate) static KERNELS: &[Kernel] = &[
         available: |_| true,
         run: portable_int8,
     },
+    #[cfg(target_arch = "x86_64")]
+    Kernel {
+        name: "avx512-vnni-int8-quads",
+        kind: WeightFormat::Int8Quads,
+        needs: "avx512f avx512bw avx512vl avx512_vnni",
+        mr: 8,
+        available: |f| f.avx512_vnni,
+        run: x86::avx512_vnni_int8_quads,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Kernel {
+        name: "avx-vnni-int8-quads",
+        kind: WeightFormat::Int8Quads,
+        needs: "avx2 avx_vnni",
+        mr: 4,
+        available: |f| f.avx_vnni,
+        run: x86::avx_vnni_int8_quads,
+    },
+    Kernel {
+        name: "portable-int8-quads",
+        kind: WeightFormat::Int8Quads,
+        needs: "",
+        mr: 4,
+        available: |_| true,
+        run: portable_int8_quads,
+    },
 ];
 
 /// The kernel a precision runs on this CPU, and the faster ones passed over.
@@ -543,8 +671,12 @@ pub struct KernelChoice {
     pub rejected: Vec<(&'static str, String)>,
 }
 
-static CHOICES: [OnceLock<(usize, KernelChoice)>; 3] =
-    [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+static CHOICES: [OnceLock<(usize, KernelChoice)>; 4] = [
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+];
 
 /// The kernel `kind` runs on this CPU (chosen and checked on first use).
 pub fn kernel_choice(kind: WeightFormat) -> KernelChoice {
@@ -646,7 +778,7 @@ pub(crate) fn reference(
                     .collect(),
                 1.0,
             ),
-            WeightFormat::Int8 => {
+            WeightFormat::Int8 | WeightFormat::Int8Quads => {
                 let s = int8_scale(v);
                 (
                     v.iter()
@@ -776,8 +908,11 @@ pub(crate) fn linear_with(
                                 width,
                                 out,
                                 bias,
-                                int8: (w.kind == WeightFormat::Int8)
-                                    .then(|| (&a_scales[r0..r0 + mr], &w.scales[first..])),
+                                int8: w.kind.is_int8().then(|| Int8Scales {
+                                    rows: &a_scales[r0..r0 + mr],
+                                    features: &w.scales[first..],
+                                    offsets: w.offsets.get(first..).unwrap_or(&[]),
+                                }),
                             };
                             // SAFETY: rows r0..r0 + mr, columns first..first +
                             // width of `dst` lie inside the rows × out buffer
@@ -823,8 +958,18 @@ struct Block<'a> {
     /// Output row length.
     out: usize,
     bias: Option<&'a [f32]>,
-    /// int8: each row's activation scale and each feature's weight scale.
-    int8: Option<(&'a [f32], &'a [f32])>,
+    int8: Option<Int8Scales<'a>>,
+}
+
+/// What turns a block's int8 sums into products.
+#[derive(Clone, Copy)]
+struct Int8Scales<'a> {
+    /// Each row's activation scale.
+    rows: &'a [f32],
+    /// Each feature's weight scale, from the block's first.
+    features: &'a [f32],
+    /// Quads: each feature's offset sum, from the block's first (else empty).
+    offsets: &'a [i32],
 }
 
 /// Writes a block's products into `dst` (its first row and column;
@@ -850,7 +995,7 @@ unsafe fn finish_block<'a>(
         int8,
     } = block;
     for (r, tile) in acc.chunks_exact(NB).enumerate() {
-        let scales = int8.map(|(rows, features)| (rows[r], features));
+        let scales = int8.map(|s| (s.rows[r], s.features, s.offsets));
         // SAFETY: the caller's contract: row r's block columns are ours.
         let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * out), width) };
         // Full blocks (all but a layer's last, if any) get fixed-length
@@ -862,8 +1007,9 @@ unsafe fn finish_block<'a>(
     }
 }
 
-/// One row of [`finish_block`]: the accumulators scaled (int8: by the row's
-/// and each feature's scale), plus the bias, then activated into `row` or
+/// One row of [`finish_block`]: the accumulators scaled (int8: less the
+/// feature's offset sum, if any, and by the row's and each feature's
+/// scale), plus the bias, then activated into `row` or
 /// added to it. `N` is the row's length when known (0: `row.len()`). The
 /// values are gathered in a local array first: `row` and `tile` cannot be
 /// told apart from aliases once inlined, and the loops would stay scalar.
@@ -872,7 +1018,7 @@ fn finish_row<const N: usize>(
     tile: &[u32],
     row: &mut [f32],
     bias: Option<&[f32]>,
-    int8: Option<(f32, &[f32])>,
+    int8: Option<(f32, &[f32], &[i32])>,
     accumulate: bool,
     act: Option<Activation>,
 ) {
@@ -880,9 +1026,14 @@ fn finish_row<const N: usize>(
     let mut v = [0.0f32; NB];
     let (v, tile) = (&mut v[..width], &tile[..width]);
     match int8 {
-        Some((rs, feature_scales)) => {
+        Some((rs, feature_scales, [])) => {
             for ((v, t), s) in v.iter_mut().zip(tile).zip(feature_scales) {
                 *v = *t as i32 as f32 * rs * s;
+            }
+        }
+        Some((rs, feature_scales, offsets)) => {
+            for (((v, t), s), o) in v.iter_mut().zip(tile).zip(feature_scales).zip(offsets) {
+                *v = (*t as i32).wrapping_sub(*o) as f32 * rs * s;
             }
         }
         None => {
@@ -994,12 +1145,26 @@ unsafe fn portable_bf16(call: Call) {
     });
 }
 
+const I32_BITS: Bits<i32> = (0, |v| v as i32, |v| v as u32);
+
 /// Portable int8: i16 pair products summed in i32.
 unsafe fn portable_int8(call: Call) {
-    let bits: Bits<i32> = (0, |v| v as i32, |v| v as u32);
-    portable(call, row_lane(call), bits, |acc, x, w| {
+    portable(call, row_lane(call), I32_BITS, |acc, x, w| {
         let ((xl, xh), (wl, wh)) = (i16_halves(x), i16_halves(w));
         acc + xl * wl + xh * wh
+    });
+}
+
+/// Portable int8 quads: unsigned activation bytes times signed weight
+/// bytes, summed in i32 (what `vpdpbusd` computes).
+unsafe fn portable_int8_quads(call: Call) {
+    portable(call, row_lane(call), I32_BITS, |acc, x, w| {
+        let (x, w) = (x.to_le_bytes(), w.to_le_bytes());
+        acc + x
+            .iter()
+            .zip(w)
+            .map(|(&a, b)| a as i32 * b as i8 as i32)
+            .sum::<i32>()
     });
 }
 
@@ -1135,7 +1300,8 @@ mod x86 {
         }
     }
 
-    /// A pair-product kernel over vectors of `$lanes` 32-bit lanes: two
+    /// A lane-product kernel (pairs or quads per lane) over vectors of
+    /// `$lanes` 32-bit lanes: two
     /// accumulators per row cover `2 × $lanes` columns (one call per such
     /// part of the block); each step loads two weight vectors and, per row,
     /// broadcasts one activation lane and applies `$step` to
@@ -1220,6 +1386,23 @@ mod x86 {
         lanes 16, zero _mm512_setzero_si512(), load _mm512_loadu_si512, store _mm512_storeu_si512,
         weights _mm512_loadu_si512, broadcast _mm512_set1_epi32,
         step |acc, x, w| _mm512_dpwssd_epi32(acc, x, w)
+    }
+
+    pair_kernel! {
+        /// AVX512-VNNI int8 quads: `vpdpbusd`, 64 byte products per
+        /// instruction (unsigned activations first, signed weights second).
+        avx512_vnni_int8_quads, avx512_vnni_int8_quads_rows, "avx512f,avx512bw,avx512vl,avx512vnni", rows 1 2 3 4 5 6 7 8;
+        lanes 16, zero _mm512_setzero_si512(), load _mm512_loadu_si512, store _mm512_storeu_si512,
+        weights _mm512_loadu_si512, broadcast _mm512_set1_epi32,
+        step |acc, x, w| _mm512_dpbusd_epi32(acc, x, w)
+    }
+
+    pair_kernel! {
+        /// AVX-VNNI int8 quads: `vpdpbusd` on 256-bit vectors.
+        avx_vnni_int8_quads, avx_vnni_int8_quads_rows, "avx2,fma,avxvnni", rows 1 2 3 4;
+        lanes 8, zero _mm256_setzero_si256(), load _mm256_loadu_si256, store _mm256_storeu_si256,
+        weights _mm256_loadu_si256, broadcast _mm256_set1_epi32,
+        step |acc, x, w| _mm256_dpbusd_avx_epi32(acc, x, w)
     }
 
     /// The tile shapes of [`amx_bf16`]: tmm0–tmm3 the 16 × 16 f32
@@ -1482,6 +1665,7 @@ mod tests {
             (WeightFormat::F32, 1e-6),
             (WeightFormat::Bf16, 0.01),
             (WeightFormat::Int8, 0.05),
+            (WeightFormat::Int8Quads, 0.05),
         ] {
             let packed = PackedWeight::pack(&w, out, k, kind);
             let mut y = vec![0.0f32; rows * out];
@@ -1508,7 +1692,12 @@ mod tests {
 
     #[test]
     fn selection_picks_an_available_kernel_and_reports_it() {
-        for kind in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+        for kind in [
+            WeightFormat::F32,
+            WeightFormat::Bf16,
+            WeightFormat::Int8,
+            WeightFormat::Int8Quads,
+        ] {
             let choice = kernel_choice(kind);
             let k = KERNELS.iter().find(|k| k.name == choice.name).unwrap();
             assert!(k.available() && k.kind == kind);
@@ -1568,5 +1757,63 @@ mod tests {
         assert_eq!(lane(p.data[1]), (0, 127));
         assert_eq!(lane(p.data[NB + 1]), (64, 0));
         assert_eq!(p.data.len(), (32 / 2) * NB);
+        // Quads: the same integers as signed bytes, value k lowest; the
+        // offset sum is 128 · Σ w; k padded to 64 (16 lanes).
+        let q = PackedWeight::pack(&w, 2, 3, WeightFormat::Int8Quads);
+        assert_eq!(q.scales, p.scales);
+        assert_eq!(q.data[0].to_le_bytes().map(|b| b as i8), [64, -127, 32, 0]);
+        assert_eq!(q.data[1].to_le_bytes().map(|b| b as i8), [0, 127, 64, 0]);
+        assert_eq!(q.offsets, vec![128 * (64 - 127 + 32), 128 * (127 + 64)]);
+        assert_eq!(q.data.len(), (64 / 4) * NB);
+        // Activations: offset by 128 into unsigned bytes.
+        assert_eq!(int8_offset_byte(-1.0, 127.0), 1);
+        assert_eq!(int8_offset_byte(0.0, 127.0), 128);
+        assert_eq!(int8_offset_byte(1.0, 127.0), 255);
+    }
+
+    /// The two int8 layouts compute the same integers, so every CPU gives
+    /// the same int8 answers whichever layout it packs: the products agree
+    /// bit for bit on every shape class, with bias, activation and
+    /// accumulation, on the kernels each format picks here.
+    #[test]
+    fn int8_quads_and_pairs_agree_bit_for_bit() {
+        let team = Team::new(2).unwrap();
+        let mut compared = 0;
+        for (rows, k, out) in [
+            (1, 32, 32),
+            (19, 600, 71),
+            (50, 37, 33),
+            (33, 4 * KC_STEPS + 5, 64),
+        ] {
+            let x = test_values(rows * k, 3 + rows as u32);
+            let w = test_values(out * k, 7 + k as u32);
+            let bias = test_values(out, 9);
+            let epi = Epilogue {
+                bias: Some(&bias),
+                act: Some(Activation::QuickGelu),
+                ..Epilogue::default()
+            };
+            let run = |kind| {
+                let packed = PackedWeight::pack(&w, out, k, kind);
+                let mut y = vec![0.0f32; rows * out];
+                linear(&x, rows, &packed, &mut y, epi, &team).unwrap();
+                y
+            };
+            let (pairs, quads) = (run(WeightFormat::Int8), run(WeightFormat::Int8Quads));
+            for (i, (p, q)) in pairs.iter().zip(&quads).enumerate() {
+                assert_eq!(
+                    p.to_bits(),
+                    q.to_bits(),
+                    "rows {rows} k {k} out {out} at {i}"
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 32 + 19 * 71 + 50 * 33 + 33 * 64);
+        println!(
+            "int8 pairs on {}, quads on {}",
+            kernel_choice(WeightFormat::Int8).name,
+            kernel_choice(WeightFormat::Int8Quads).name
+        );
     }
 }

@@ -77,7 +77,7 @@ impl Precision {
         match self {
             Self::F32 if packed::f32_blocked_preferred() => Some(WeightFormat::F32),
             Self::Bf16 => Some(WeightFormat::Bf16),
-            Self::Int8 => Some(WeightFormat::Int8),
+            Self::Int8 => Some(WeightFormat::int8_for_cpu()),
             Self::F32 | Self::F16 => None,
         }
     }
