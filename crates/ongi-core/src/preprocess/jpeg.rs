@@ -21,12 +21,12 @@ use std::ffi::{c_char, c_int};
 use std::panic::{self, AssertUnwindSafe};
 
 use image::metadata::Orientation;
-use image::{DynamicImage, GrayImage, RgbImage};
+use image::{GrayImage, RgbImage};
 use mozjpeg::{ColorSpace, DctMethod, Decompress, Marker};
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr};
 
 use super::decoded::{oriented_source_box, scale_denom_for, DecodedImage, Luma, MinDecodeSize};
-use super::orient::orient_grey;
+use super::orient::{orient_grey, orient_rgb, ycc_to_upright_rgb};
 use super::PreprocessError;
 use one_pass::Planes;
 
@@ -263,16 +263,15 @@ fn decode_unwinding(
         }
         None => None,
     };
-    if as_ycc {
-        super::ycc::ycc_to_rgb_in_place(&mut data);
-    }
-    if cmyk {
-        inverted_cmyk_to_rgb_in_place(&mut data);
-    }
-    let img = RgbImage::from_raw(w, h, data).ok_or_else(short_output)?;
-    let mut img = DynamicImage::ImageRgb8(img);
-    img.apply_orientation(orientation);
-    let image = img.into_rgb8();
+    let image = if as_ycc {
+        ycc_to_upright_rgb(data, w, h, orientation).ok_or_else(short_output)?
+    } else {
+        if cmyk {
+            inverted_cmyk_to_rgb_in_place(&mut data);
+        }
+        let img = RgbImage::from_raw(w, h, data).ok_or_else(short_output)?;
+        orient_rgb(img, orientation)
+    };
     // The reduced image covers whole 8×8 blocks, so its last column and row may
     // reach past the picture; the box says where the picture itself lies.
     let source_box = oriented_source_box(

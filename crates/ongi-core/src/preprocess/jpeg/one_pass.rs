@@ -15,14 +15,14 @@
 //! rows right after libjpeg writes it, rather than re-reading 12 MB of luma
 //! from memory afterwards, is what makes the pass cheap.
 
-use image::{DynamicImage, GrayImage, RgbImage};
+use image::{GrayImage, RgbImage};
 use mozjpeg::{ColorSpace, CompInfo};
 use mozjpeg_sys::{
     jpeg_decompress_struct, jpeg_error_mgr, JSAMPARRAY_MUT, JSAMPROW_MUT, J_DCT_METHOD,
 };
 
 use super::super::decoded::{oriented_source_box, scale_denom_for, DecodedImage, MinDecodeSize};
-use super::super::orient::orient_grey;
+use super::super::orient::{orient_grey, orient_rgb};
 use super::super::planes::{box_reduce, interleave3, packed_rows, Plane, MAX_BOX};
 use super::{
     error_mgr, exif_orientation, open_checked, orientation, short_output, to_u32, upright_size,
@@ -269,8 +269,7 @@ pub(super) fn decode(
     };
     let (w32, h32) = (to_u32(ow)?, to_u32(oh)?);
     let img = RgbImage::from_raw(w32, h32, rgb).ok_or_else(short_output)?;
-    let mut img = DynamicImage::ImageRgb8(img);
-    img.apply_orientation(colour_orientation);
+    let img = orient_rgb(img, colour_orientation);
 
     let luma = packed_rows(luma, luma_stride, width, height);
     let luma = GrayImage::from_raw(full_w, full_h, luma).ok_or_else(short_output)?;
@@ -283,7 +282,7 @@ pub(super) fn decode(
     );
     let (width, height) = upright_size(full_w, full_h, colour_orientation);
     Ok(Planes::Decoded(DecodedImage {
-        image: img.into_rgb8(),
+        image: img,
         width,
         height,
         scale_denom: denom,
