@@ -628,13 +628,18 @@ def pipeline_table(rows) -> None:
         best_same = max(same, key=lambda r: r["images_per_sec"], default=None)
         print(f"threads {t}")
         print(f"  {'pipeline':<60} {'photos/s':>8} {'CPU%':>5} {'vs best':>8} {'vs best w/ pHash':>16}"
-              f"  bound (busy decode/model)")
+              f"  bound (CPU s decode/model, or busy shares)")
         for r in here:
             if "stages" in r:
                 st = r["stages"]
                 name = (f"ongi --decode {r['decode']}, {r['decode_workers']} decode workers,"
                         f" {r['precision'].split(' ')[0]} + pHash/blur")
-                bound = f"{r['bound']} ({st['decode_workers_busy']:.2f}/{st['model_busy']:.2f})"
+                cores = r.get("cores")
+                if cores:
+                    split = f"CPU {cores['decode_cpu_s']:.2f}/{cores['model_cpu_s']:.2f} s"
+                else:
+                    split = f"busy {st['decode_workers_busy']:.2f}/{st['model_busy']:.2f}"
+                bound = f"{r['bound']} ({split})"
             else:
                 name = r.get("label", r["engine"])
                 bound = ""

@@ -14,6 +14,7 @@ use ongi_model::ModelDir;
 use ongi_router::compute::ComputeArgs;
 use serde::Serialize;
 
+use crate::proc_stats::ThreadClocks;
 use crate::tower::{child_command, read_checked_files, timed, BenchArgs, Timing};
 
 /// One thread budget's run (one `--json` line).
@@ -34,7 +35,11 @@ struct PipelineResult {
     #[serde(flatten)]
     timing: Timing,
     stages: Stages,
-    /// The stage with the highest busy share: the one that bounds the run.
+    /// `None` where the kernel keeps no per-thread scheduler counters.
+    cores: Option<Cores>,
+    /// What bounds the run: `cores` when no core was left idle (then the
+    /// side named after it used the larger share of them and is the one to
+    /// make cheaper), else the stage with the highest busy share.
     bound: &'static str,
 }
 
@@ -79,11 +84,66 @@ impl Stages {
         }
     }
 
-    fn bound(&self) -> &'static str {
-        if self.decode_workers_busy >= self.model_busy {
+    fn bound(&self, cores: Option<&Cores>) -> &'static str {
+        // Decoders and the compute team share the cores, so a side's busy
+        // share of the wall time includes the time it sat preempted by the
+        // other: once the cores are full, only CPU time says which side the
+        // run is paying for.
+        if let Some(cores) = cores.filter(|c| c.busy >= CORES_FULL) {
+            if cores.decode_cpu_s >= cores.model_cpu_s {
+                "cores: decode"
+            } else {
+                "cores: model"
+            }
+        } else if self.decode_workers_busy >= self.model_busy {
             "decode"
         } else {
             "model"
+        }
+    }
+}
+
+/// The cores' share above which a run counts as bound by them.
+const CORES_FULL: f64 = 0.9;
+
+/// Where the cores went during the timed run, from the scheduler's
+/// per-thread counters: seconds on a CPU per side, and seconds each side's
+/// threads were runnable but queued behind another thread.
+#[derive(Serialize, Debug)]
+struct Cores {
+    /// Decode workers (`ongi-decode-*`): decode, pixel features, faces.
+    decode_cpu_s: f64,
+    /// The compute team (`ongi-inference`, `ongi-vision-*`), its spinning
+    /// between passes included.
+    model_cpu_s: f64,
+    /// Every other thread (async runtime, store, this bench's sampler).
+    other_cpu_s: f64,
+    decode_wait_s: f64,
+    model_wait_s: f64,
+    /// All threads' CPU seconds / (threads × wall): 1.0 when no core idled.
+    busy: f64,
+}
+
+impl Cores {
+    fn of(before: &ThreadClocks, after: &ThreadClocks, wall: f64, threads: usize) -> Self {
+        let groups = after.since(before, |name| {
+            if name.starts_with("ongi-decode-") {
+                "decode"
+            } else if name == "ongi-inference" || name.starts_with("ongi-vision-") {
+                "model"
+            } else {
+                "other"
+            }
+        });
+        let get = |g: &str| groups.get(g).copied().unwrap_or_default();
+        let (decode, model, other) = (get("decode"), get("model"), get("other"));
+        Cores {
+            decode_cpu_s: decode.on_cpu_s,
+            model_cpu_s: model.on_cpu_s,
+            other_cpu_s: other.on_cpu_s,
+            decode_wait_s: decode.waiting_s,
+            model_wait_s: model.waiting_s,
+            busy: (decode.on_cpu_s + model.on_cpu_s + other.on_cpu_s) / (wall * threads as f64),
         }
     }
 }
@@ -109,7 +169,7 @@ pub fn bench_pipeline(args: &BenchArgs) -> Result<()> {
         )?;
         writeln!(
             out,
-            "{:>7} {:>7} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7}  precision",
+            "{:>7} {:>7} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>11} {:>11} {:>13}  precision",
             "threads",
             "decoders",
             "photos",
@@ -119,6 +179,8 @@ pub fn bench_pipeline(args: &BenchArgs) -> Result<()> {
             "pixels s",
             "model s",
             "busy d/m",
+            "CPU d/m s",
+            "queued d/m s",
             "bound"
         )?;
         out.flush()?;
@@ -153,12 +215,13 @@ pub fn bench_pipeline(args: &BenchArgs) -> Result<()> {
             let r: serde_json::Value = serde_json::from_str(line)
                 .with_context(|| format!("unexpected bench process output: {line}"))?;
             let f = |k: &str| r["stages"][k].as_f64().unwrap_or(f64::NAN);
+            let c = |k: &str| r["cores"][k].as_f64().unwrap_or(f64::NAN);
             writeln!(
                 out,
-                "{:>7} {:>7} {:>6} {:>9.2} {:>9.0} {:>9.2} {:>8.2} {:>8.2} {:>3.2}/{:<4.2} {:>7}  {}",
-                r["threads"],
-                r["decode_workers"],
-                r["images"],
+                "{:>7} {:>7} {:>6} {:>9.2} {:>9.0} {:>9.2} {:>8.2} {:>8.2} {:>4.2}/{:<4.2} {:>5.2}/{:<5.2} {:>5.2}/{:<5.2} {:>13}  {}",
+                r["threads"].as_u64().unwrap_or(0),
+                r["decode_workers"].as_u64().unwrap_or(0),
+                r["images"].as_u64().unwrap_or(0),
                 r["images_per_sec"].as_f64().unwrap_or(f64::NAN),
                 r["cpu_avg_pct"].as_f64().unwrap_or(f64::NAN),
                 f("decode_s"),
@@ -166,6 +229,10 @@ pub fn bench_pipeline(args: &BenchArgs) -> Result<()> {
                 f("model_s"),
                 f("decode_workers_busy"),
                 f("model_busy"),
+                c("decode_cpu_s"),
+                c("model_cpu_s"),
+                c("decode_wait_s"),
+                c("model_wait_s"),
                 r["bound"].as_str().unwrap_or("?"),
                 r["precision"].as_str().unwrap_or("?"),
             )?;
@@ -177,7 +244,10 @@ pub fn bench_pipeline(args: &BenchArgs) -> Result<()> {
             out,
             "decode s: serving decode (colour at the model's scale; fast: with the full-size luma); \
              pixels s: model input + greyscale pixels + pHash + blur; \
-             model s: batch time shared among its photos; busy d/m: decode workers' and model's busy share of the wall time."
+             model s: batch time shared among its photos; busy d/m: decode workers' and model's busy share of the wall time; \
+             CPU d/m s: seconds on a core of the decode workers and of the compute team (its spinning included); \
+             queued d/m s: seconds they were runnable but waiting for a core; \
+             bound: \"cores: X\" when the cores were >= 90 % busy (X used more of them), else the busiest stage."
         )?;
     }
     Ok(())
@@ -246,6 +316,7 @@ fn bench_in_process(args: &BenchArgs) -> Result<()> {
         Ok(runtime.block_on(pipeline.embedding.embed(keys))?)
     };
     let mut report = None;
+    let mut clocks = None;
     let timing = timed(
         images,
         || {
@@ -255,7 +326,9 @@ fn bench_in_process(args: &BenchArgs) -> Result<()> {
             Ok(())
         },
         || {
+            let before = ThreadClocks::now();
             report = Some(embed(&timed_keys)?);
+            clocks = Some((before, ThreadClocks::now()));
             Ok(())
         },
     )?;
@@ -269,6 +342,14 @@ fn bench_in_process(args: &BenchArgs) -> Result<()> {
     }
     let wall = images as f64 / timing.images_per_sec;
     let stages = Stages::of(&report, wall, decode_workers);
+    let cores = match clocks {
+        Some((Ok(before), Ok(after))) => Some(Cores::of(&before, &after, wall, threads)),
+        Some((Err(e), _) | (_, Err(e))) => {
+            eprintln!("ongi-bench: no per-thread CPU split (CPU d/m, queued d/m): {e:#}");
+            None
+        }
+        None => bail!("the timed run read no thread clocks"),
+    };
     let result = PipelineResult {
         mode: "pipeline",
         threads,
@@ -278,8 +359,9 @@ fn bench_in_process(args: &BenchArgs) -> Result<()> {
         precision: compute.describe_precision(),
         files: files.len(),
         failed: report.failed.len(),
-        bound: stages.bound(),
+        bound: stages.bound(cores.as_ref()),
         stages,
+        cores,
         timing,
     };
     let mut out = std::io::stdout().lock();

@@ -179,8 +179,20 @@ fn bench_pipeline_reports_photos_per_second_and_stages() {
             let share = number(stages, key);
             assert!(share > 0.0 && share < 1.5, "{key} = {share}");
         }
+        let Some(Value::Object(cores)) = line.get("cores") else {
+            panic!("no per-thread CPU split in {line:?}");
+        };
+        // Both sides ran on a core, and one thread cannot be on more than
+        // one core for the whole run.
+        assert!(number(cores, "decode_cpu_s") > 0.0 && number(cores, "model_cpu_s") > 0.0);
+        for key in ["other_cpu_s", "decode_wait_s", "model_wait_s"] {
+            assert!(number(cores, key) >= 0.0, "{key} in {cores:?}");
+        }
+        let busy = number(cores, "busy");
+        assert!(busy > 0.0 && busy < 1.05, "cores busy {busy}");
+        let bound = line["bound"].as_str().unwrap_or("");
         assert!(
-            line["bound"] == "decode" || line["bound"] == "model",
+            ["decode", "model", "cores: decode", "cores: model"].contains(&bound),
             "{line:?}"
         );
     }
