@@ -184,3 +184,55 @@ fn fast_real_photos_decode_once_at_full_size() {
     );
     assert!(mads.len() >= 3, "only {} one-pass decodes", mads.len());
 }
+
+/// `jpeg` with an XMP APP1 segment carrying `tiff:Orientation` inserted
+/// right after SOI.
+fn with_xmp_orientation(jpeg: &[u8], orientation: u8) -> Vec<u8> {
+    let mut payload = b"http://ns.adobe.com/xap/1.0/\0".to_vec();
+    payload.extend_from_slice(format!(r#"<x tiff:Orientation="{orientation}"/>"#).as_bytes());
+    let len = u16::try_from(payload.len() + 2).unwrap();
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn luma_follows_exif_only_when_xmp_turns_the_colour() {
+    // The colour follows XMP where EXIF says nothing and the luma (OpenCV's
+    // greyscale decode) does not; where EXIF speaks it wins for both, and
+    // the exact decode's luma is then its colour's own Y plane.
+    let cases = [
+        ("landscape_dune.jpg", true),
+        ("exif_orientation6_twowings.jpg", false),
+        ("exif_orientation3_blinds.jpg", false),
+        ("grey_wood.jpg", true),
+    ];
+    let mut checked = 0;
+    for (name, xmp_turns_colour) in cases {
+        let original = std::fs::read(fixtures::photos().join(name)).unwrap();
+        let bytes = with_xmp_orientation(&original, 8);
+        let plain = decode_image_scaled(&original, DEFAULT_MAX_PIXELS, None).unwrap();
+        for mode in [DecodeMode::Exact, DecodeMode::Fast] {
+            let decoded = decode_for_mode(&bytes, DEFAULT_MAX_PIXELS, None, mode).unwrap();
+            let luma = decoded
+                .luma
+                .as_ref()
+                .expect("a YCbCr or grey JPEG keeps its luma");
+            let grey = decode_grey(&bytes, DEFAULT_MAX_PIXELS, None).unwrap();
+            assert!(*luma == grey, "{name} ({mode}): luma is not OpenCV's grey");
+            assert_eq!(
+                grey,
+                decode_grey(&original, DEFAULT_MAX_PIXELS, None).unwrap(),
+                "{name}: OpenCV's grey ignores XMP"
+            );
+            let (w, h) = plain.image.dimensions();
+            let want = if xmp_turns_colour { (h, w) } else { (w, h) };
+            assert_eq!(decoded.image.dimensions(), want, "{name} ({mode})");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 8);
+}

@@ -254,17 +254,24 @@ fn decode_unwinding(
     started.finish()?;
 
     let (w, h) = (to_u32(out_w)?, to_u32(out_h)?);
-    let luma = match luma_orientation {
-        Some(exif_only) => {
+    // The colour's own Y plane is the luma whenever the EXIF orientation is
+    // the colour's (no XMP orientation overriding it): one plane turned, not two.
+    let luma_of_colour = as_ycc && luma_orientation == Some(orientation);
+    let mut luma = match luma_orientation {
+        Some(exif_only) if !luma_of_colour => {
             // Y (or the grey value) is the first of each pixel's three bytes.
             let plane = data.iter().step_by(3).copied().collect();
             let plane = GrayImage::from_raw(w, h, plane).ok_or_else(short_output)?;
             Some(orient_grey(plane, exif_only))
         }
-        None => None,
+        _ => None,
     };
     let image = if as_ycc {
-        ycc_to_upright_rgb(data, w, h, orientation).ok_or_else(short_output)?
+        let (rgb, y) = ycc_to_upright_rgb(data, w, h, orientation).ok_or_else(short_output)?;
+        if luma_of_colour {
+            luma = Some(y);
+        }
+        rgb
     } else {
         if cmyk {
             inverted_cmyk_to_rgb_in_place(&mut data);
