@@ -228,8 +228,9 @@ fn decode_any(
         });
     }
     // Converted first, turned second: the conversion is per pixel, so the
-    // order does not change a pixel, and the turn then moves 3 bytes a pixel
-    // through the blocked copies instead of the crate's pixel-by-pixel turn.
+    // order does not change a pixel, and the turn then moves 3-byte pixels
+    // as planes through the byte transposes instead of the crate's
+    // pixel-by-pixel turn.
     let rgb = orient::orient_rgb(to_rgb8_like_pil(img), orientation);
     Ok(DecodedImage::full(rgb))
 }
